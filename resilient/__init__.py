@@ -1,0 +1,56 @@
+"""Production safeguards around code that was written without them.
+
+``@resilient(timeout=2.0, retry=3, breaker="payments")`` on a sync or async function adds
+timeouts, retries, a circuit breaker, rate limits, bulkheads and fallbacks, each one
+logged, traced and measured. See the README for the full tour.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from resilient import deadline
+from resilient._breaker import CircuitBreaker
+from resilient._budget import RetryBudget
+from resilient._bulkhead import Bulkhead
+from resilient._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    RateLimitedError,
+    ResilienceError,
+)
+from resilient._fallback import Fallback
+from resilient._policy import Policy, resilient
+from resilient._ratelimit import RateLimit
+from resilient._retry import Retry
+from resilient._timeout import Timeout
+
+if TYPE_CHECKING:
+    __version__: str
+
+__all__ = [
+    "Bulkhead",
+    "BulkheadFullError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "DeadlineExceededError",
+    "Fallback",
+    "Policy",
+    "RateLimit",
+    "RateLimitedError",
+    "ResilienceError",
+    "Retry",
+    "RetryBudget",
+    "Timeout",
+    "deadline",
+    "resilient",
+]
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - lazy, as stamina does
+
+        return version("resilient")
+    raise AttributeError(f"module 'resilient' has no attribute {name!r}")

@@ -1,0 +1,159 @@
+"""Bulkhead: at most `max_concurrent` calls in flight, waiting callers bounded by `max_wait`.
+
+One capacity is shared by sync and async callers of the same policy. Neither
+`threading.Semaphore` (blocks the event loop) nor `asyncio.Semaphore` (bound to one loop,
+not thread-safe) can do that, so this is a small hand-off semaphore: a counter under a
+lock held for a few instructions, and a FIFO of waiters, each either a thread lock or an
+asyncio future (woken with `call_soon_threadsafe`). A releasing caller hands its slot
+straight to the oldest waiter, so waiters are served in order and nobody barges ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from resilient._errors import BulkheadFullError
+from resilient._validate import check_int, check_seconds
+from resilient.instrumentation._hub import HUB
+
+__all__ = ["EVENT_REJECTED", "Bulkhead", "BulkheadRuntime"]
+
+DEFAULT_MAX_WAIT = 0.0
+EVENT_REJECTED = "bulkhead.rejected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bulkhead:
+    """Bounded concurrency: `max_concurrent` calls run; others wait up to `max_wait` seconds."""
+
+    max_concurrent: int
+    max_wait: float = DEFAULT_MAX_WAIT
+
+    def __post_init__(self) -> None:
+        check_int("bulkhead.max_concurrent", self.max_concurrent, minimum=1)
+        object.__setattr__(self, "max_wait", check_seconds("bulkhead.max_wait", self.max_wait, allow_zero=True))
+
+
+Bulkhead.__module__ = "resilient"
+
+
+class _ThreadWaiter:
+    __slots__ = ("granted", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.granted = False
+
+    def wake(self) -> None:
+        self.granted = True
+        self.lock.release()
+
+
+class _TaskWaiter:
+    __slots__ = ("future", "granted", "loop")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.granted = False
+
+    def wake(self) -> None:
+        self.granted = True
+        self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class BulkheadRuntime:
+    """The compiled bulkhead of one policy."""
+
+    __slots__ = ("_in_use", "_lock", "_waiters", "max_concurrent", "max_wait")
+
+    def __init__(self, config: Bulkhead) -> None:
+        self.max_concurrent = config.max_concurrent
+        self.max_wait = config.max_wait
+        self._in_use = 0
+        self._lock = threading.Lock()
+        self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+
+    @property
+    def in_use(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_use
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is queued before us."""
+        with self._lock:
+            if self._in_use < self.max_concurrent and not self._waiters:
+                self._in_use += 1
+                return True
+            return False
+
+    def acquire_sync(self, wait: float, label: str) -> None:
+        """Take a slot, waiting at most `wait` seconds, or raise `BulkheadFullError`."""
+        if self.try_acquire():
+            return
+        if wait > 0:
+            waiter = _ThreadWaiter()
+            if not self._enqueue(waiter) or waiter.lock.acquire(timeout=wait):
+                return
+            if self._withdraw(waiter):
+                return
+        raise self._reject(label)
+
+    async def acquire_async(self, wait: float, label: str) -> None:
+        """Async twin of `acquire_sync`: the wait suspends the task, never the loop."""
+        if self.try_acquire():
+            return
+        if wait > 0:
+            waiter = _TaskWaiter()
+            if not self._enqueue(waiter):
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter.future), wait)
+            except TimeoutError:
+                pass
+            except BaseException:
+                if self._withdraw(waiter):
+                    self.release()
+                raise
+            if self._withdraw(waiter):
+                return
+        raise self._reject(label)
+
+    def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+        """Queue a waiter; False means a slot was free after all and is now ours."""
+        with self._lock:
+            if self._in_use < self.max_concurrent and not self._waiters:
+                self._in_use += 1
+                return False
+            self._waiters.append(waiter)
+            return True
+
+    def _withdraw(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+        """Leave the queue; True if a slot was handed to us meanwhile (we now hold it)."""
+        with self._lock:
+            if waiter.granted:
+                return True
+            self._waiters.remove(waiter)
+            return False
+
+    def release(self) -> None:
+        """Give the slot back, straight to the oldest waiter if there is one."""
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().wake()  # the slot changes hands; in_use unchanged
+            else:
+                self._in_use -= 1
+
+    def _reject(self, label: str) -> BulkheadFullError:
+        HUB.emit(EVENT_REJECTED, label, logging.WARNING, max_concurrent=self.max_concurrent)
+        return BulkheadFullError(self.max_concurrent, max_wait=self.max_wait, policy=label)

@@ -1,0 +1,38 @@
+"""The clock and sleeps every strategy uses, swappable as one unit by `resilient.testing`.
+
+Strategies read `CLOCK.monotonic()` and call `CLOCK.sleep()` / `await CLOCK.asleep()`, so a
+test can skip backoff waits (and record them) without patching `time` or `asyncio`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["CLOCK", "Clock"]
+
+
+@dataclass(slots=True)
+class Clock:
+    """Where time comes from; `resilient.testing.no_wait()` flips `skip_waits` and records."""
+
+    skip_waits: bool = False
+    recorded: list[float] | None = field(default=None)
+    monotonic = staticmethod(time.monotonic)
+
+    def sleep(self, seconds: float) -> None:
+        """Block the thread for `seconds` (a backoff or a rate-limit wait)."""
+        if self.recorded is not None:
+            self.recorded.append(seconds)
+        if not self.skip_waits and seconds > 0:
+            time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """Suspend the task for `seconds`; still a cancellation point when waits are skipped."""
+        if self.recorded is not None:
+            self.recorded.append(seconds)
+        await asyncio.sleep(0 if self.skip_waits else max(seconds, 0.0))
+
+
+CLOCK = Clock()

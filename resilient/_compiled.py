@@ -1,0 +1,62 @@
+"""A policy compiled once: the runtime objects the drivers read, None where a layer is absent."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from resilient._breaker import breaker_for
+from resilient._bulkhead import BulkheadRuntime
+from resilient._fallback import FallbackRuntime
+from resilient._ratelimit import LimiterRuntime
+from resilient._retry import RetryRuntime
+from resilient._timeout import ThreadRunner
+
+if TYPE_CHECKING:
+    from resilient._breaker import BreakerRuntime, CircuitBreaker
+    from resilient._bulkhead import Bulkhead
+    from resilient._fallback import Fallback
+    from resilient._ratelimit import RateLimit
+    from resilient._retry import Retry
+    from resilient._timeout import Timeout
+
+__all__ = ["CompiledPolicy"]
+
+
+class CompiledPolicy:
+    """Everything a call needs, precomputed; shared by every call of the policy."""
+
+    __slots__ = (
+        "attempt_timeout",
+        "bounded_async",
+        "bounded_sync",
+        "breaker",
+        "bulkhead",
+        "fallback",
+        "limiter",
+        "retry",
+        "runner",
+        "total_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        timeout: Timeout | None,
+        retry: Retry | None,
+        breaker: CircuitBreaker | None,
+        rate_limit: RateLimit | None,
+        bulkhead: Bulkhead | None,
+        fallback: Fallback | None,
+    ) -> None:
+        self.total_timeout: float | None = timeout.total if timeout else None  # type: ignore[assignment]
+        self.attempt_timeout: float | None = timeout.attempt if timeout else None  # type: ignore[assignment]
+        self.runner = ThreadRunner(timeout.max_threads) if timeout and timeout.sync_mode == "thread" else None
+        # Sync attempts need the bounded path to publish a tighter per-attempt deadline or
+        # to run in the thread pool; async attempts need it for any timeout (cancellation).
+        self.bounded_sync = timeout is not None and (self.runner is not None or self.attempt_timeout is not None)
+        self.bounded_async = timeout is not None
+        self.retry = RetryRuntime(retry) if retry else None
+        self.breaker: BreakerRuntime | None = breaker_for(breaker) if breaker else None
+        self.limiter = LimiterRuntime(rate_limit) if rate_limit else None
+        self.bulkhead = BulkheadRuntime(bulkhead) if bulkhead else None
+        self.fallback = FallbackRuntime(fallback) if fallback else None

@@ -1,0 +1,447 @@
+"""The two drivers, sync and async, that run a compiled policy around one call.
+
+Order, outer to inner: telemetry, fallback, rate limit, bulkhead, total timeout, retry
+(+ budget), circuit breaker, attempt timeout, the function. Each layer is one function;
+a layer the policy leaves out costs one `is None` test. Both drivers call the same
+non-blocking decisions on the compiled strategies and differ only in `await`, the sleep,
+the bulkhead wait and the timeout primitive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from resilient._clock import CLOCK
+from resilient._errors import DeadlineExceededError
+from resilient._retry import RetryCall
+from resilient._timeout import EVENT_EXCEEDED
+from resilient.deadline import _DEADLINE
+from resilient.instrumentation._hub import HUB, outcome_of
+
+if TYPE_CHECKING:
+    from resilient._compiled import CompiledPolicy
+    from resilient._ratelimit import LimiterRuntime
+    from resilient.instrumentation._otel import CallObservation
+
+__all__ = ["run_async", "run_sync"]
+
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+
+# ---------------------------------------------------------------- telemetry + fallback
+
+
+def run_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+    """Run `fn(*args, **kwargs)` under the policy, in the caller's thread."""
+    obs = HUB.begin_call(label)
+    if obs is None and cp.fallback is None:
+        return _admit_sync(cp, label, fn, args, kwargs, None)
+    try:
+        result = _admit_sync(cp, label, fn, args, kwargs, obs)
+    except Exception as error:
+        fallback = cp.fallback
+        if fallback is None or not fallback.handles(error):
+            _end(cp, obs, error, None)
+            raise
+        value = fallback.value(error, label)
+        _end(cp, obs, error, "fallback")
+        return value
+    except BaseException:
+        _end(cp, obs, None, "cancelled")
+        raise
+    _end(cp, obs, None, "success")
+    return result
+
+
+async def run_async(
+    cp: CompiledPolicy, label: str, fn: Callable[..., Awaitable[Any]], args: Args, kwargs: Kwargs
+) -> Any:
+    """Await `fn(*args, **kwargs)` under the policy; timeouts cancel it for real."""
+    obs = HUB.begin_call(label)
+    if obs is None and cp.fallback is None:
+        return await _admit_async(cp, label, fn, args, kwargs, None)
+    try:
+        result = await _admit_async(cp, label, fn, args, kwargs, obs)
+    except Exception as error:
+        fallback = cp.fallback
+        if fallback is None or not fallback.handles(error):
+            _end(cp, obs, error, None)
+            raise
+        value = fallback.value(error, label)
+        if fallback.is_async:
+            value = await value
+        _end(cp, obs, error, "fallback")
+        return value
+    except BaseException:
+        _end(cp, obs, None, "cancelled")
+        raise
+    _end(cp, obs, None, "success")
+    return result
+
+
+def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException | None, outcome: str | None) -> None:
+    if obs is None:
+        return
+    extra: dict[str, Any] = {}
+    if error is not None:
+        classified, reason = outcome_of(error)
+        outcome = outcome or classified
+        if reason is not None:
+            extra["resilient.rejection" if classified == "rejected" else "resilient.failure"] = reason
+    if cp.breaker is not None:
+        extra["resilient.breaker.state"] = cp.breaker.state
+    obs.end(outcome or "success", error, extra)
+
+
+# ---------------------------------------------------------------- rate limit + bulkhead
+
+
+def _admit_sync(
+    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
+) -> Any:
+    limiter = cp.limiter
+    if limiter is not None:
+        key = limiter.key_of(args, kwargs)
+        wait = limiter.try_acquire(key)
+        while wait:
+            wait = _wait_for_rate_slot_sync(limiter, key, wait, label)
+    bulkhead = cp.bulkhead
+    if bulkhead is None:
+        return _deadline_sync(cp, label, fn, args, kwargs, obs)
+    bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
+    try:
+        return _deadline_sync(cp, label, fn, args, kwargs, obs)
+    finally:
+        bulkhead.release()
+
+
+async def _admit_async(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    obs: CallObservation | None,
+) -> Any:
+    limiter = cp.limiter
+    if limiter is not None:
+        key = limiter.key_of(args, kwargs)
+        wait = limiter.try_acquire(key)
+        while wait:
+            wait = await _wait_for_rate_slot_async(limiter, key, wait, label)
+    bulkhead = cp.bulkhead
+    if bulkhead is None:
+        return await _deadline_async(cp, label, fn, args, kwargs, obs)
+    await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)
+    try:
+        return await _deadline_async(cp, label, fn, args, kwargs, obs)
+    finally:
+        bulkhead.release()
+
+
+def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, label: str) -> float:
+    """Sleep until the limiter expects a free slot, if `max_wait` and the deadline allow."""
+    if wait > limiter.wait_budget(_DEADLINE.get()):
+        raise limiter.reject(key, wait, label)
+    CLOCK.sleep(wait)
+    return _retry_rate_slot(limiter, key, label)
+
+
+async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: float, label: str) -> float:
+    if wait > limiter.wait_budget(_DEADLINE.get()):
+        raise limiter.reject(key, wait, label)
+    await CLOCK.asleep(wait)
+    return _retry_rate_slot(limiter, key, label)
+
+
+def _retry_rate_slot(limiter: LimiterRuntime, key: str, label: str) -> float:
+    """After one wait, try once more; a second miss is a rejection (no unbounded loops)."""
+    wait = limiter.try_acquire(key)
+    if wait and (CLOCK.skip_waits or wait > limiter.wait_budget(_DEADLINE.get())):
+        raise limiter.reject(key, wait, label)
+    return wait
+
+
+def _clamp_wait(wait: float) -> float:
+    deadline = _DEADLINE.get()
+    if deadline is None or wait <= 0:
+        return wait
+    return min(wait, max(deadline - CLOCK.monotonic(), 0.0))
+
+
+# ---------------------------------------------------------------- total timeout (deadline)
+
+
+def _deadline_sync(
+    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
+) -> Any:
+    total = cp.total_timeout
+    inherited = _DEADLINE.get()
+    if total is None:
+        return _retry_sync(cp, label, fn, args, kwargs, inherited, obs)
+    deadline = CLOCK.monotonic() + total
+    if inherited is not None and inherited < deadline:
+        deadline = inherited
+    token = _DEADLINE.set(deadline)
+    try:
+        return _retry_sync(cp, label, fn, args, kwargs, deadline, obs)
+    finally:
+        _DEADLINE.reset(token)
+
+
+async def _deadline_async(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    obs: CallObservation | None,
+) -> Any:
+    total = cp.total_timeout
+    inherited = _DEADLINE.get()
+    if total is None:
+        return await _retry_async(cp, label, fn, args, kwargs, inherited, obs)
+    deadline = CLOCK.monotonic() + total
+    if inherited is not None and inherited < deadline:
+        deadline = inherited
+    token = _DEADLINE.set(deadline)
+    try:
+        return await _retry_async(cp, label, fn, args, kwargs, deadline, obs)
+    finally:
+        _DEADLINE.reset(token)
+
+
+# ---------------------------------------------------------------- retry (+ budget)
+
+
+def _retry_sync(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Any],
+    args: Args,
+    kwargs: Kwargs,
+    deadline: float | None,
+    obs: CallObservation | None,
+) -> Any:
+    retry = cp.retry
+    if retry is None:
+        return _attempt_sync(cp, label, fn, args, kwargs, deadline, obs)
+    if retry.budget is not None:
+        retry.budget.deposit(CLOCK.monotonic())
+    attempt = 1
+    call: RetryCall | None = None
+    while True:
+        try:
+            result = _attempt_sync(cp, label, fn, args, kwargs, deadline, obs)
+        except Exception as error:
+            call = call or RetryCall(fn, args, kwargs)
+            call.record(attempt, error, None)
+            if not retry.is_retryable(error, call):
+                raise
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), deadline, label)
+            if delay is None:
+                raise
+        else:
+            if not retry.checks_results:
+                return result
+            call = call or RetryCall(fn, args, kwargs)
+            call.record(attempt, None, result)
+            if not retry.is_retryable_result(result, call):
+                return result
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), deadline, label)
+            if delay is None:
+                return result
+        CLOCK.sleep(delay)
+        attempt += 1
+
+
+async def _retry_async(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    deadline: float | None,
+    obs: CallObservation | None,
+) -> Any:
+    retry = cp.retry
+    if retry is None:
+        return await _attempt_async(cp, label, fn, args, kwargs, deadline, obs)
+    if retry.budget is not None:
+        retry.budget.deposit(CLOCK.monotonic())
+    attempt = 1
+    call: RetryCall | None = None
+    while True:
+        try:
+            result = await _attempt_async(cp, label, fn, args, kwargs, deadline, obs)
+        except Exception as error:
+            call = call or RetryCall(fn, args, kwargs)
+            call.record(attempt, error, None)
+            if not retry.is_retryable(error, call):
+                raise
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), deadline, label)
+            if delay is None:
+                raise
+        else:
+            if not retry.checks_results:
+                return result
+            call = call or RetryCall(fn, args, kwargs)
+            call.record(attempt, None, result)
+            if not retry.is_retryable_result(result, call):
+                return result
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), deadline, label)
+            if delay is None:
+                return result
+        await CLOCK.asleep(delay)
+        attempt += 1
+
+
+# ---------------------------------------------------------------- breaker + attempt timeout
+
+
+def _attempt_sync(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Any],
+    args: Args,
+    kwargs: Kwargs,
+    deadline: float | None,
+    obs: CallObservation | None,
+) -> Any:
+    breaker = cp.breaker
+    if breaker is None and obs is None and not cp.bounded_sync:
+        return fn(*args, **kwargs)
+    probe = breaker.acquire(label) if breaker is not None else False
+    timed = obs is not None or (breaker is not None and breaker.timed)
+    start = CLOCK.monotonic() if timed else 0.0
+    try:
+        result = _bounded_sync(cp, label, fn, args, kwargs, deadline) if cp.bounded_sync else fn(*args, **kwargs)
+    except Exception as error:
+        if obs is not None:
+            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
+        if breaker is not None:
+            breaker.on_failure(error, probe, label)
+        raise
+    except BaseException:
+        if breaker is not None:
+            breaker.on_abandon(probe)
+        raise
+    duration = CLOCK.monotonic() - start if timed else 0.0
+    if obs is not None:
+        obs.attempt_finished(duration, ok=True)
+    if breaker is not None:
+        breaker.on_success(probe, duration, label)
+    return result
+
+
+async def _attempt_async(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    deadline: float | None,
+    obs: CallObservation | None,
+) -> Any:
+    breaker = cp.breaker
+    if breaker is None and obs is None and not cp.bounded_async:
+        return await fn(*args, **kwargs)
+    probe = breaker.acquire(label) if breaker is not None else False
+    timed = obs is not None or (breaker is not None and breaker.timed)
+    start = CLOCK.monotonic() if timed else 0.0
+    try:
+        if cp.bounded_async:
+            result = await _bounded_async(cp, label, fn, args, kwargs, deadline)
+        else:
+            result = await fn(*args, **kwargs)
+    except Exception as error:
+        if obs is not None:
+            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
+        if breaker is not None:
+            breaker.on_failure(error, probe, label)
+        raise
+    except BaseException:
+        if breaker is not None:
+            breaker.on_abandon(probe)
+        raise
+    duration = CLOCK.monotonic() - start if timed else 0.0
+    if obs is not None:
+        obs.attempt_finished(duration, ok=True)
+    if breaker is not None:
+        breaker.on_success(probe, duration, label)
+    return result
+
+
+def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | None, str, float]:
+    """(instant the attempt must end by, which limit that is, the limit in seconds)."""
+    now = CLOCK.monotonic()
+    limit = cp.attempt_timeout
+    own = now + limit if limit is not None else None
+    if deadline is not None and (own is None or deadline <= own):
+        scope = "total" if cp.total_timeout is not None else "inherited"
+        return deadline, scope, cp.total_timeout or max(deadline - now, 0.0)
+    return own, "attempt", limit or 0.0
+
+
+def _bounded_sync(
+    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, deadline: float | None
+) -> Any:
+    end, scope, seconds = _attempt_bound(cp, deadline)
+    if end is None:
+        return fn(*args, **kwargs)
+    token = _DEADLINE.set(end) if end != deadline else None
+    try:
+        if cp.runner is None:
+            result = fn(*args, **kwargs)
+            if CLOCK.monotonic() > end:  # cooperative: report the overrun, keep the result
+                HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=False)
+            return result
+        remaining = end - CLOCK.monotonic()
+        if remaining <= 0:
+            raise _exceeded(label, scope, seconds)
+        try:
+            return cp.runner.run(partial(fn, *args, **kwargs), remaining)
+        except FutureTimeout:
+            raise _exceeded(label, scope, seconds) from None
+    finally:
+        if token is not None:
+            _DEADLINE.reset(token)
+
+
+async def _bounded_async(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    deadline: float | None,
+) -> Any:
+    end, scope, seconds = _attempt_bound(cp, deadline)
+    if end is None:
+        return await fn(*args, **kwargs)
+    remaining = end - CLOCK.monotonic()
+    if remaining <= 0:
+        raise _exceeded(label, scope, seconds)
+    token = _DEADLINE.set(end) if end != deadline else None
+    timer = asyncio.timeout(remaining)
+    try:
+        async with timer:
+            return await fn(*args, **kwargs)
+    except TimeoutError:
+        if timer.expired():
+            raise _exceeded(label, scope, seconds) from None
+        raise
+    finally:
+        if token is not None:
+            _DEADLINE.reset(token)
+
+
+def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:
+    HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=True)
+    return DeadlineExceededError(seconds, scope=scope, policy=label)

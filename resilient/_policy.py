@@ -1,0 +1,253 @@
+"""`Policy` and `@resilient`: normalise shorthands, validate, compile once, decorate.
+
+Everything that can be decided before the first call is decided here: the options are
+checked (errors name the field, the value and what is allowed), the strategies are
+compiled into a `CompiledPolicy`, and sync or async dispatch is chosen per function.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+import pybreaker
+
+from resilient._breaker import CircuitBreaker
+from resilient._bulkhead import Bulkhead
+from resilient._compiled import CompiledPolicy
+from resilient._fallback import Fallback
+from resilient._pipeline import run_async, run_sync
+from resilient._ratelimit import RateLimit
+from resilient._retry import Retry
+from resilient._timeout import Timeout
+
+__all__ = ["Policy", "resilient"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TimeoutOption = Timeout | float | timedelta | None
+RetryOption = Retry | int | bool | None
+BreakerOption = CircuitBreaker | str | pybreaker.CircuitBreaker | None
+RateLimitOption = RateLimit | str | None
+BulkheadOption = Bulkhead | int | None
+
+
+def _as_timeout(value: TimeoutOption) -> Timeout | None:
+    if value is None or isinstance(value, Timeout):
+        return value
+    if isinstance(value, int | float | timedelta) and not isinstance(value, bool):
+        return Timeout(total=value)
+    raise TypeError(f"timeout must be seconds (float), a timedelta, a Timeout or None, got {value!r}")
+
+
+def _as_retry(value: RetryOption) -> Retry | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Retry()
+    if isinstance(value, Retry):
+        return value
+    if isinstance(value, int):
+        return Retry(attempts=value)
+    raise TypeError(f"retry must be a number of attempts (int), a Retry or None, got {value!r}")
+
+
+def _as_breaker(value: BreakerOption) -> CircuitBreaker | None:
+    if value is None or isinstance(value, CircuitBreaker):
+        return value
+    if isinstance(value, str):
+        return _named_breaker(value)
+    if isinstance(value, pybreaker.CircuitBreaker):
+        return CircuitBreaker.from_pybreaker(value)
+    raise TypeError(
+        f"breaker must be a breaker name (str), a CircuitBreaker, a pybreaker.CircuitBreaker or None, got {value!r}"
+    )
+
+
+def _named_breaker(name: str) -> CircuitBreaker:
+    """A bare name joins the breaker already defined under it, or defines one with defaults."""
+    from resilient._breaker import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
+
+    existing = _REGISTRY.get(name)
+    return existing.config if existing is not None else CircuitBreaker(name=name)
+
+
+def _as_rate_limit(value: RateLimitOption) -> RateLimit | None:
+    if value is None or isinstance(value, RateLimit):
+        return value
+    if isinstance(value, str):
+        return RateLimit(value)
+    raise TypeError(f"rate_limit must be limits notation like '100/second', a RateLimit or None, got {value!r}")
+
+
+def _as_bulkhead(value: BulkheadOption) -> Bulkhead | None:
+    if value is None or isinstance(value, Bulkhead):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Bulkhead(max_concurrent=value)
+    raise TypeError(f"bulkhead must be a max number of concurrent calls (int), a Bulkhead or None, got {value!r}")
+
+
+def _as_fallback(value: object) -> Fallback | None:
+    if value is None or isinstance(value, Fallback):
+        return value
+    return Fallback(value)
+
+
+class Policy:
+    """A reusable set of safeguards; decorate functions with it or run callables through it.
+
+    Options take the full config objects or shorthands: ``timeout=2.0`` (total seconds),
+    ``retry=3`` (attempts), ``breaker="payments"`` (a shared breaker by name),
+    ``rate_limit="100/second"``, ``bulkhead=10`` (max concurrent), ``fallback=value`` or a
+    callable receiving the exception. Everything is validated and compiled here, once.
+    """
+
+    __slots__ = ("_compiled", "breaker", "bulkhead", "fallback", "name", "rate_limit", "retry", "timeout")
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        timeout: TimeoutOption = None,
+        retry: RetryOption = None,
+        breaker: BreakerOption = None,
+        rate_limit: RateLimitOption = None,
+        bulkhead: BulkheadOption = None,
+        fallback: object = None,
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        self.name = name
+        self.timeout = _as_timeout(timeout)
+        self.retry = _as_retry(retry)
+        self.breaker = _as_breaker(breaker)
+        self.rate_limit = _as_rate_limit(rate_limit)
+        self.bulkhead = _as_bulkhead(bulkhead)
+        self.fallback = _as_fallback(fallback)
+        self._compiled = CompiledPolicy(
+            timeout=self.timeout,
+            retry=self.retry,
+            breaker=self.breaker,
+            rate_limit=self.rate_limit,
+            bulkhead=self.bulkhead,
+            fallback=self.fallback,
+        )
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{name}={value!r}" for name, value in self.describe().items() if name != "name")
+        return f"Policy(name={self.name!r}, {layers})"
+
+    def describe(self) -> dict[str, Any]:
+        """The configured layers, outer to inner (absent layers left out)."""
+        layers = {
+            "name": self.name,
+            "fallback": self.fallback,
+            "rate_limit": self.rate_limit,
+            "bulkhead": self.bulkhead,
+            "timeout": self.timeout,
+            "retry": self.retry,
+            "breaker": self.breaker,
+        }
+        return {key: value for key, value in layers.items() if value is not None or key == "name"}
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a function, coroutine function, method, staticmethod or classmethod."""
+        return _decorate(self, fn)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a sync callable once under this policy."""
+        return run_sync(self._compiled, self.name or _label(fn), fn, args, kwargs)  # type: ignore[no-any-return]
+
+    async def call_async(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await an async callable once under this policy."""
+        return await run_async(self._compiled, self.name or _label(fn), fn, args, kwargs)  # type: ignore[no-any-return]
+
+
+Policy.__module__ = "resilient"
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _decorate(policy: Policy, fn: Any) -> Any:
+    if isinstance(fn, staticmethod):
+        return staticmethod(_decorate(policy, fn.__func__))
+    if isinstance(fn, classmethod):
+        return classmethod(_decorate(policy, fn.__func__))
+    if not callable(fn):
+        raise TypeError(f"@resilient decorates functions and methods, got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@resilient cannot wrap the generator function {_label(fn)!r}: it would protect only the "
+            "creation of the generator; protect the function that consumes it, or return a list"
+        )
+    compiled = policy._compiled
+    label = policy.name or _label(fn)
+    if inspect.iscoroutinefunction(fn):
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await run_async(compiled, label, fn, args, kwargs)
+
+        return functools.wraps(fn)(async_wrapper)
+    if policy.fallback is not None and policy.fallback.is_async:
+        raise TypeError(f"fallback handler {policy.fallback.handler!r} is async but {label!r} is a sync function")
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return run_sync(compiled, label, fn, args, kwargs)
+
+    return functools.wraps(fn)(wrapper)
+
+
+@overload
+def resilient(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+@overload
+def resilient(fn: Callable[P, T], /) -> Callable[P, T]: ...
+@overload
+def resilient(
+    *,
+    name: str | None = None,
+    timeout: TimeoutOption = None,
+    retry: RetryOption = None,
+    breaker: BreakerOption = None,
+    rate_limit: RateLimitOption = None,
+    bulkhead: BulkheadOption = None,
+    fallback: object = None,
+) -> Policy: ...
+def resilient(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: TimeoutOption = None,
+    retry: RetryOption = None,
+    breaker: BreakerOption = None,
+    rate_limit: RateLimitOption = None,
+    bulkhead: BulkheadOption = None,
+    fallback: object = None,
+) -> Any:
+    """Protect a function: ``@resilient(timeout=2.0, retry=3, breaker="payments")``.
+
+    Bare ``@resilient`` adds telemetry only (a span, metrics, failure logs): no safeguard
+    is switched on implicitly. Each decorated function gets its own policy (its own rate
+    limiter, bulkhead and retry budget); breakers are shared by name.
+    """
+    policy = Policy(
+        name=name,
+        timeout=timeout,
+        retry=retry,
+        breaker=breaker,
+        rate_limit=rate_limit,
+        bulkhead=bulkhead,
+        fallback=fallback,
+    )
+    return policy if fn is None else policy(fn)

@@ -1,0 +1,122 @@
+"""Timeout: a total deadline over all attempts and backoff, and a per-attempt limit.
+
+Async: real cancellation (`asyncio.timeout_at`). Sync, by default ("cooperative"): no
+thread is started and nothing is interrupted; the deadline is published in a context
+variable so nested `@resilient` calls, `resilient.httpx` transports and your own code
+(`resilient.deadline.remaining()`) clamp their waits to it, no new attempt starts and no
+backoff sleeps past it. Sync "thread" mode runs each attempt in a bounded pool of daemon
+worker threads and returns at the deadline; the abandoned attempt runs on to completion
+in its thread (Python cannot kill a thread), and at most `max_threads` such threads
+exist per policy, so a permanently hung dependency holds at most that many threads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+
+from resilient._validate import check_int, check_seconds
+
+__all__ = ["EVENT_EXCEEDED", "Timeout", "ThreadRunner"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_THREADS = 32
+EVENT_EXCEEDED = "timeout.exceeded"
+
+SyncMode = Literal["cooperative", "thread"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeout:
+    """Time limits of a call. `total` covers every attempt and backoff; `attempt` one try.
+
+    `sync_mode` chooses how a *sync* function is limited: ``"cooperative"`` (default: the
+    deadline is published and honoured at every boundary the library controls, the
+    function itself is not interrupted) or ``"thread"`` (the attempt runs in a worker
+    thread and the caller gets `DeadlineExceededError` at the deadline; at most
+    `max_threads` workers per policy). Async functions are always cancelled for real.
+    """
+
+    total: float | timedelta | None = None
+    attempt: float | timedelta | None = None
+    sync_mode: SyncMode = "cooperative"
+    max_threads: int = DEFAULT_MAX_THREADS
+
+    def __post_init__(self) -> None:
+        if self.total is None and self.attempt is None:
+            raise ValueError("Timeout needs timeout.total or timeout.attempt (seconds > 0), got neither")
+        if self.total is not None:
+            object.__setattr__(self, "total", check_seconds("timeout.total", self.total))
+        if self.attempt is not None:
+            object.__setattr__(self, "attempt", check_seconds("timeout.attempt", self.attempt))
+        if self.sync_mode not in ("cooperative", "thread"):
+            raise ValueError(
+                f"timeout.sync_mode must be 'cooperative' or 'thread', got {self.sync_mode!r}"
+            )
+        check_int("timeout.max_threads", self.max_threads, minimum=1)
+
+
+Timeout.__module__ = "resilient"
+
+
+class ThreadRunner:
+    """A bounded pool of daemon threads that runs sync attempts under a time limit.
+
+    Daemon threads so a hung attempt never blocks interpreter exit (ThreadPoolExecutor's
+    workers are joined at exit). Workers are started on demand up to `max_threads`; a call
+    that finds every worker busy waits in the queue, within its own time limit.
+    """
+
+    def __init__(self, max_threads: int) -> None:
+        self._max = max_threads
+        self._work: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now (never more than `max_threads`)."""
+        return self._threads
+
+    def run(self, fn: Callable[[], T], timeout: float) -> T:
+        """Run `fn` in a worker with the caller's context; raise FutureTimeout past `timeout`."""
+        future: Future[T] = Future()
+        self._work.put((future, contextvars.copy_context(), fn))
+        self._ensure_worker()
+        try:
+            return future.result(timeout=max(timeout, 0.0))
+        except FutureTimeout:
+            future.cancel()  # not started yet: it never will be
+            raise
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._idle > 0 or self._threads >= self._max:
+                return
+            self._threads += 1
+            self._idle += 1
+        threading.Thread(target=self._worker, name="resilient-timeout", daemon=True).start()
+
+    def _worker(self) -> None:
+        while True:
+            future, context, fn = self._work.get()
+            with self._lock:
+                self._idle -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(context.run(fn))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1

@@ -1,0 +1,216 @@
+"""OpenTelemetry: spans and metrics, through the API only, costing nothing without a provider.
+
+The global providers are checked by identity on each call (one attribute read): until the
+application installs an SDK provider nothing is created, no span object, no metric call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import opentelemetry.metrics._internal as _metrics_state
+import opentelemetry.trace as _trace_state
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
+
+from resilient._version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+    from resilient.instrumentation._events import Event
+
+__all__ = ["CallObservation", "Otel"]
+
+# Advice for duration histograms, in seconds (the HTTP semantic conventions' buckets).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+_REJECTION_EVENTS = {
+    "ratelimit.rejected": "resilient.ratelimit.rejections",
+    "bulkhead.rejected": "resilient.bulkhead.rejections",
+    "breaker.rejected": "resilient.breaker.rejections",
+    "budget.exhausted": "resilient.retry.budget_exhausted",
+    "timeout.exceeded": "resilient.timeouts",
+    "fallback.used": "resilient.fallbacks",
+}
+
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class Metrics:
+    """The library's instruments on one meter; names are a documented contract (README)."""
+
+    def __init__(self, meter: Meter, breaker_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self.calls: Counter = meter.create_counter(
+            "resilient.calls", unit="{call}", description="Protected calls by outcome"
+        )
+        self.attempts: Counter = meter.create_counter(
+            "resilient.attempts", unit="{attempt}", description="Attempts made (first try + retries)"
+        )
+        self.retries: Counter = meter.create_counter(
+            "resilient.retries", unit="{retry}", description="Retries scheduled"
+        )
+        self.call_duration: Histogram = meter.create_histogram(
+            "resilient.call.duration",
+            unit="s",
+            description="Duration of a protected call, all attempts and backoff included",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.attempt_duration: Histogram = meter.create_histogram(
+            "resilient.attempt.duration",
+            unit="s",
+            description="Duration of one attempt",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.transitions: Counter = meter.create_counter(
+            "resilient.breaker.transitions", unit="{transition}", description="Breaker state changes"
+        )
+        self.storage_degraded: Counter = meter.create_counter(
+            "resilient.storage.degraded",
+            unit="{event}",
+            description="Shared storage became unreachable and local state took over",
+        )
+        self.by_event: dict[str, Counter] = {
+            event: meter.create_counter(name, unit="{event}") for event, name in _REJECTION_EVENTS.items()
+        }
+
+        def observe_states(_options: CallbackOptions) -> Iterable[Observation]:
+            for name, state in breaker_states():
+                yield Observation(BREAKER_STATE_VALUES[state], {"resilient.breaker": name})
+
+        meter.create_observable_gauge(
+            "resilient.breaker.state",
+            callbacks=[observe_states],
+            unit="{state}",
+            description="Breaker state: 0 closed, 1 half-open, 2 open",
+        )
+
+    def record_event(self, event: Event) -> None:
+        """Count an event in its instrument, if it has one."""
+        attrs: dict[str, Any] = {"resilient.policy": event.policy}
+        if event.name == "retry.scheduled":
+            self.retries.add(1, attrs)
+        elif event.name.startswith("breaker.") and event.name != "breaker.rejected":
+            attrs["resilient.breaker"] = event.fields.get("breaker", "")
+            attrs["resilient.breaker.state"] = event.name.removeprefix("breaker.")
+            self.transitions.add(1, attrs)
+        elif event.name == "storage.degraded":
+            self.storage_degraded.add(1, attrs)
+        else:
+            counter = self.by_event.get(event.name)
+            if counter is not None:
+                counter.add(1, attrs)
+
+
+class CallObservation:
+    """One protected call as seen by telemetry: its span (if tracing) and its timings."""
+
+    __slots__ = ("_metrics", "_start", "_token", "attempts", "label", "span")
+
+    def __init__(self, label: str, tracer: Tracer | None, metrics: Metrics | None) -> None:
+        self.label = label
+        self.attempts = 0
+        self._metrics = metrics
+        self._start = time.monotonic()
+        self.span: Span | None = None
+        self._token: object | None = None
+        if tracer is not None:
+            span = tracer.start_span(label, kind=SpanKind.INTERNAL)
+            self.span = span
+            self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def attempt_finished(self, duration: float, ok: bool) -> None:
+        """Record one attempt's duration (metrics only; the span carries the count)."""
+        self.attempts += 1
+        metrics = self._metrics
+        if metrics is not None:
+            attrs = {"resilient.policy": self.label, "resilient.outcome": "success" if ok else "failure"}
+            metrics.attempts.add(1, attrs)
+            metrics.attempt_duration.record(duration, attrs)
+
+    def end(self, outcome: str, error: BaseException | None, extra: dict[str, Any]) -> None:
+        """Close the span and count the call under its outcome."""
+        attrs: dict[str, Any] = {"resilient.policy": self.label, "resilient.outcome": outcome}
+        if error is not None:
+            attrs["error.type"] = _error_type(error)
+        span = self.span
+        if span is not None:
+            span.set_attributes(attrs)
+            span.set_attribute("resilient.attempts", self.attempts)
+            if extra:
+                span.set_attributes(extra)
+            if error is not None and outcome != "fallback":
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, attrs["error.type"]))
+            span.end()
+            if self._token is not None:
+                otel_context.detach(self._token)  # type: ignore[arg-type]
+        metrics = self._metrics
+        if metrics is not None:
+            if "resilient.rejection" in extra:
+                attrs["resilient.rejection"] = extra["resilient.rejection"]
+            metrics.calls.add(1, attrs)
+            metrics.call_duration.record(time.monotonic() - self._start, attrs)
+
+
+def _error_type(error: BaseException) -> str:
+    """`error.type` per the semantic conventions: the fully qualified class name."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+class Otel:
+    """Finds the global providers lazily and caches the tracer and instruments per provider."""
+
+    def __init__(self, breaker_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._breaker_states = breaker_states
+        self._tracer_provider: TracerProvider | None = None
+        self._tracer: Tracer | None = None
+        self._meter_provider: MeterProvider | None = None
+        self._metrics: Metrics | None = None
+        self.tracing_enabled = True
+        self.metrics_enabled = True
+
+    def tracer(self) -> Tracer | None:
+        """The library's tracer, or None when no SDK provider is installed (or disabled)."""
+        provider = _trace_state._TRACER_PROVIDER
+        if provider is not self._tracer_provider:
+            self._tracer_provider = provider
+            real = provider is not None and not isinstance(provider, NoOpTracerProvider)
+            self._tracer = provider.get_tracer("resilient", __version__) if real else None  # type: ignore[union-attr]
+        return self._tracer if self.tracing_enabled else None
+
+    def metrics(self) -> Metrics | None:
+        """The library's instruments, or None when no SDK meter provider is installed."""
+        provider = _metrics_state._METER_PROVIDER
+        if provider is not self._meter_provider:
+            self._meter_provider = provider
+            real = provider is not None and not isinstance(provider, NoOpMeterProvider)
+            self._metrics = (
+                Metrics(provider.get_meter("resilient", __version__), self._breaker_states)  # type: ignore[union-attr]
+                if real
+                else None
+            )
+        return self._metrics if self.metrics_enabled else None
+
+    def add_span_event(self, event: Event) -> None:
+        """Attach an event to the current span (e.g. one per retry), if it is recording."""
+        if self._tracer is None or not self.tracing_enabled:
+            return
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        attrs: dict[str, Any] = {
+            f"resilient.{key}": value
+            for key, value in event.fields.items()
+            if isinstance(value, str | int | float | bool)
+        }
+        if event.error is not None:
+            attrs["error.type"] = _error_type(event.error)
+        span.add_event(f"resilient.{event.name}", attrs)
