@@ -20,10 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
+from pybreaker import CircuitBreaker as PyBreaker
+from pybreaker import CircuitBreakerListener
 
 from resilient._clock import CLOCK
 from resilient._errors import CircuitOpenError
-from resilient._validate import check_int, check_ratio, check_seconds
+from resilient._validate import check_int, check_name, check_ratio, check_seconds
 from resilient.instrumentation._hub import HUB
 
 __all__ = [
@@ -84,13 +86,12 @@ class CircuitBreaker:
     half_open_max_calls: int = DEFAULT_HALF_OPEN_MAX_CALLS
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
     exclude: tuple[Exclusion, ...] = ()
-    listeners: tuple[pybreaker.CircuitBreakerListener, ...] = ()
+    listeners: tuple[CircuitBreakerListener, ...] = ()
     storage: str = "memory://"
-    pybreaker: pybreaker.CircuitBreaker | None = field(default=None, repr=False)
+    pybreaker: PyBreaker | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"breaker.name must be a non-empty string, got {self.name!r}")
+        check_name("breaker.name", self.name)
         check_int("breaker.failure_threshold", self.failure_threshold, minimum=1)
         if self.failure_rate is not None:
             check_ratio("breaker.failure_rate", self.failure_rate, allow_zero=False)
@@ -112,7 +113,7 @@ class CircuitBreaker:
             raise ValueError(f"breaker.storage must be 'memory://', got {self.storage!r}")
 
     @classmethod
-    def from_pybreaker(cls, breaker: pybreaker.CircuitBreaker, *, name: str | None = None) -> CircuitBreaker:
+    def from_pybreaker(cls, breaker: PyBreaker, *, name: str | None = None) -> CircuitBreaker:
         """Drive an existing `pybreaker.CircuitBreaker` (its storage, listeners, thresholds)."""
         return cls(
             name=name or breaker.name or f"pybreaker-{id(breaker):x}",
@@ -137,7 +138,7 @@ class _Window:
         self.calls = 0
         self.failures = 0
 
-    def record(self, failed: bool) -> None:
+    def record(self, *, failed: bool) -> None:
         buffer = self._buffer
         index = self._index
         if self.calls == len(buffer):
@@ -195,7 +196,7 @@ class BreakerRuntime:
         return now - max((datetime.now(UTC) - opened).total_seconds(), 0.0)
 
     @property
-    def pybreaker(self) -> pybreaker.CircuitBreaker:
+    def pybreaker(self) -> PyBreaker:
         """The pybreaker object holding this breaker's state and listeners."""
         return self._pb
 
@@ -227,10 +228,10 @@ class BreakerRuntime:
             return True, transition
         return False, transition
 
-    def on_success(self, probe: bool, duration: float, label: str) -> None:
+    def on_success(self, *, probe: bool, duration: float, label: str) -> None:
         """Record a successful call (a slow one counts as a failure)."""
         if self._slow is not None and duration >= self._slow:
-            self._record_failure(None, probe, label)
+            self._record_failure(None, probe=probe, label=label)
             return
         transition = None
         if probe:
@@ -241,7 +242,7 @@ class BreakerRuntime:
                     transition = self._move_needs_lock(CLOSED, CLOCK.monotonic())
         elif self._window is not None:
             with self._lock:
-                self._window.record(False)
+                self._window.record(failed=False)
         elif self._failures:
             with self._lock:
                 self._failures = 0
@@ -251,12 +252,12 @@ class BreakerRuntime:
         for listener in self._pb.listeners:
             _call_listener(listener.success, self._pb)
 
-    def on_failure(self, error: BaseException, probe: bool, label: str) -> None:
+    def on_failure(self, error: BaseException, *, probe: bool, label: str) -> None:
         """Record a failed call; business errors in `exclude` count as successes."""
         if not self._pb.is_system_error(error):
-            self.on_success(probe, 0.0, label)
+            self.on_success(probe=probe, duration=0.0, label=label)
             return
-        self._record_failure(error, probe, label)
+        self._record_failure(error, probe=probe, label=label)
 
     def on_abandon(self, probe: bool) -> None:
         """A call ended without an outcome (cancelled): give its probe slot back."""
@@ -264,7 +265,7 @@ class BreakerRuntime:
             with self._lock:
                 self._probes -= 1
 
-    def _record_failure(self, error: BaseException | None, probe: bool, label: str) -> None:
+    def _record_failure(self, error: BaseException | None, *, probe: bool, label: str) -> None:
         now = CLOCK.monotonic()
         with self._lock:
             transition = self._count_failure_needs_lock(probe, now)
@@ -282,7 +283,7 @@ class BreakerRuntime:
             return None
         self._storage.increment_counter()
         if self._window is not None and self._rate is not None:
-            self._window.record(True)
+            self._window.record(failed=True)
             window = self._window
             tripped = window.calls >= self.config.minimum_calls and window.failures >= self._rate * window.calls
         else:

@@ -7,9 +7,7 @@ import contextvars
 __all__ = ["REQUEST_ID", "current_request_id"]
 
 #: The id of the request being handled (set by the middleware, forwarded by httpx transports).
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "resilient_request_id", default=None
-)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("resilient_request_id", default=None)
 
 
 def current_request_id() -> str | None:

@@ -36,12 +36,8 @@ class CircuitOpenError(ResilienceError):
 class RateLimitedError(ResilienceError):
     """The rate limit rejected the call; `retry_after` is when a slot frees up, in seconds."""
 
-    def __init__(
-        self, limit: str, *, retry_after: float, key: str = "", policy: str | None = None
-    ) -> None:
-        super().__init__(
-            f"rate limit {limit!r} exceeded; retry after {retry_after:.3f}s", policy=policy
-        )
+    def __init__(self, limit: str, *, retry_after: float, key: str = "", policy: str | None = None) -> None:
+        super().__init__(f"rate limit {limit!r} exceeded; retry after {retry_after:.3f}s", policy=policy)
         self.limit = limit
         self.retry_after = retry_after
         self.key = key
@@ -67,9 +63,7 @@ class DeadlineExceededError(ResilienceError, TimeoutError):
     """
 
     def __init__(self, timeout: float, *, scope: str, policy: str | None = None) -> None:
-        ResilienceError.__init__(
-            self, f"{scope} timeout of {timeout:.3f}s exceeded", policy=policy
-        )
+        ResilienceError.__init__(self, f"{scope} timeout of {timeout:.3f}s exceeded", policy=policy)
         self.timeout = timeout
         self.scope = scope
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,8 @@ from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB, outcome_of
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from resilient._compiled import CompiledPolicy
     from resilient._ratelimit import LimiterRuntime
     from resilient.instrumentation._otel import CallObservation
@@ -217,10 +218,10 @@ async def _deadline_async(
         _DEADLINE.reset(token)
 
 
-# ---------------------------------------------------------------- retry (+ budget)
+# ---------------------------------------------------------------- retry and its budget
 
 
-def _retry_sync(
+def _retry_sync(  # noqa: C901 - one loop, both outcomes; splitting it costs a frame per attempt
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Any],
@@ -261,7 +262,7 @@ def _retry_sync(
         attempt += 1
 
 
-async def _retry_async(
+async def _retry_async(  # noqa: C901 - twin of _retry_sync
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
@@ -326,7 +327,7 @@ def _attempt_sync(
         if obs is not None:
             obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
         if breaker is not None:
-            breaker.on_failure(error, probe, label)
+            breaker.on_failure(error, probe=probe, label=label)
         raise
     except BaseException:
         if breaker is not None:
@@ -336,7 +337,7 @@ def _attempt_sync(
     if obs is not None:
         obs.attempt_finished(duration, ok=True)
     if breaker is not None:
-        breaker.on_success(probe, duration, label)
+        breaker.on_success(probe=probe, duration=duration, label=label)
     return result
 
 
@@ -364,7 +365,7 @@ async def _attempt_async(
         if obs is not None:
             obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
         if breaker is not None:
-            breaker.on_failure(error, probe, label)
+            breaker.on_failure(error, probe=probe, label=label)
         raise
     except BaseException:
         if breaker is not None:
@@ -374,7 +375,7 @@ async def _attempt_async(
     if obs is not None:
         obs.attempt_finished(duration, ok=True)
     if breaker is not None:
-        breaker.on_success(probe, duration, label)
+        breaker.on_success(probe=probe, duration=duration, label=label)
     return result
 
 

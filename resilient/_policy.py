@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import pybreaker
 
@@ -23,6 +22,10 @@ from resilient._pipeline import run_async, run_sync
 from resilient._ratelimit import RateLimit
 from resilient._retry import Retry
 from resilient._timeout import Timeout
+from resilient._validate import check_name
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Policy", "resilient"]
 
@@ -39,7 +42,7 @@ BulkheadOption = Bulkhead | int | None
 def _as_timeout(value: TimeoutOption) -> Timeout | None:
     if value is None or isinstance(value, Timeout):
         return value
-    if isinstance(value, int | float | timedelta) and not isinstance(value, bool):
+    if not isinstance(value, bool):  # a bool is an int to Python, never a duration
         return Timeout(total=value)
     raise TypeError(f"timeout must be seconds (float), a timedelta, a Timeout or None, got {value!r}")
 
@@ -87,7 +90,7 @@ def _as_rate_limit(value: RateLimitOption) -> RateLimit | None:
 def _as_bulkhead(value: BulkheadOption) -> Bulkhead | None:
     if value is None or isinstance(value, Bulkhead):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if not isinstance(value, bool):  # a bool is an int to Python, never a capacity
         return Bulkhead(max_concurrent=value)
     raise TypeError(f"bulkhead must be a max number of concurrent calls (int), a Bulkhead or None, got {value!r}")
 
@@ -120,8 +123,8 @@ class Policy:
         bulkhead: BulkheadOption = None,
         fallback: object = None,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        if name is not None:
+            check_name("name", name)
         self.name = name
         self.timeout = _as_timeout(timeout)
         self.retry = _as_retry(retry)
@@ -161,7 +164,7 @@ class Policy:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a function, coroutine function, method, staticmethod or classmethod."""
-        return _decorate(self, fn)
+        return cast("Callable[P, Any]", _decorate(self, fn))
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a sync callable once under this policy."""

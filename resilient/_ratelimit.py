@@ -151,7 +151,7 @@ class _SlidingWindow(_Window):
         need = 1.0 - (self._amount - self._current - 1) / self._previous
         return max(self._start + need * self._period - now, 1e-6)
 
-    def commit(self, now: float) -> None:
+    def commit(self, now: float) -> None:  # noqa: ARG002 - same signature as the other windows
         self._current += 1
         self.expires = self._start + 2 * self._period
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import tenacity
 
 from resilient._budget import BudgetRuntime, RetryBudget
 from resilient._errors import BulkheadFullError, CircuitOpenError, RateLimitedError
-from resilient._validate import check_int, check_seconds
+from resilient._validate import check_int, check_number, check_seconds
 from resilient.instrumentation._hub import HUB
 
 __all__ = [
@@ -62,10 +61,7 @@ PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
 REJECTIONS = (CircuitOpenError, RateLimitedError, BulkheadFullError)
 
 ExceptionFilter = (
-    type[BaseException]
-    | tuple[type[BaseException], ...]
-    | Callable[[BaseException], bool]
-    | tenacity.retry_base
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool] | tenacity.retry_base
 )
 
 # Transient errors of HTTP clients, looked up only if the client was imported by the app.
@@ -120,13 +116,8 @@ class Retry:
         initial = check_seconds("retry.initial_delay", self.initial_delay, allow_zero=True)
         maximum = check_seconds("retry.max_delay", self.max_delay, allow_zero=True)
         if maximum < initial:
-            raise ValueError(
-                f"retry.max_delay must be >= retry.initial_delay ({initial!r}), got {maximum!r}"
-            )
-        if isinstance(self.exp_base, bool) or not isinstance(self.exp_base, int | float) or not (
-            math.isfinite(self.exp_base) and self.exp_base >= 1
-        ):
-            raise ValueError(f"retry.exp_base must be a finite number >= 1, got {self.exp_base!r}")
+            raise ValueError(f"retry.max_delay must be >= retry.initial_delay ({initial!r}), got {maximum!r}")
+        check_number("retry.exp_base", self.exp_base, minimum=1)
         _check_filter(self.on)
         for name in ("on_result", "retry_after"):
             value = getattr(self, name)
@@ -150,11 +141,9 @@ def _check_filter(on: object) -> None:
         return
     types = on if isinstance(on, tuple) else (on,)
     if all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-        bad = [t.__name__ for t in types if issubclass(t, _NEVER_RETRIED)]  # type: ignore[arg-type]
+        bad = [t.__name__ for t in types if issubclass(t, _NEVER_RETRIED)]
         if bad:
-            raise ValueError(
-                f"retry.on must not include cancellation or interpreter exits, got {', '.join(bad)}"
-            )
+            raise ValueError(f"retry.on must not include cancellation or interpreter exits, got {', '.join(bad)}")
         return
     if callable(on) and not isinstance(on, type | tuple):
         return
@@ -220,7 +209,7 @@ class RetryRuntime:
             self._types = on if isinstance(on, tuple) else (on,)
             self._explicit_programming = tuple(t for t in self._types if issubclass(t, PROGRAMMING_ERRORS))
         elif on is not None and self._tenacity_on is None:
-            self._predicate = on
+            self._predicate = cast("Callable[[BaseException], bool]", on)
         self.checks_results = self.on_result is not None or self._tenacity_on is not None
 
     def is_retryable(self, error: Exception, call: RetryCall) -> bool:
@@ -283,6 +272,4 @@ def _default_wait(config: Retry) -> Callable[[tenacity.RetryCallState], float]:
         return tenacity.wait_random_exponential(
             multiplier=config.initial_delay, max=config.max_delay, exp_base=config.exp_base
         )
-    return tenacity.wait_exponential(
-        multiplier=config.initial_delay, max=config.max_delay, exp_base=config.exp_base
-    )
+    return tenacity.wait_exponential(multiplier=config.initial_delay, max=config.max_delay, exp_base=config.exp_base)

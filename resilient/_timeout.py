@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from resilient._validate import check_int, check_seconds
 
-__all__ = ["EVENT_EXCEEDED", "Timeout", "ThreadRunner"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import timedelta
+
+__all__ = ["EVENT_EXCEEDED", "ThreadRunner", "Timeout"]
 
 T = TypeVar("T")
 
@@ -58,9 +60,7 @@ class Timeout:
         if self.attempt is not None:
             object.__setattr__(self, "attempt", check_seconds("timeout.attempt", self.attempt))
         if self.sync_mode not in ("cooperative", "thread"):
-            raise ValueError(
-                f"timeout.sync_mode must be 'cooperative' or 'thread', got {self.sync_mode!r}"
-            )
+            raise ValueError(f"timeout.sync_mode must be 'cooperative' or 'thread', got {self.sync_mode!r}")
         check_int("timeout.max_threads", self.max_threads, minimum=1)
 
 
@@ -77,9 +77,7 @@ class ThreadRunner:
 
     def __init__(self, max_threads: int) -> None:
         self._max = max_threads
-        self._work: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = (
-            queue.SimpleQueue()
-        )
+        self._work: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
@@ -116,7 +114,7 @@ class ThreadRunner:
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(context.run(fn))
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                except BaseException as exc:
                     future.set_exception(exc)
             with self._lock:
                 self._idle += 1

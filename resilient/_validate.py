@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-__all__ = ["check_int", "check_ratio", "check_seconds"]
+__all__ = ["check_int", "check_name", "check_number", "check_ratio", "check_seconds"]
 
 
 def check_seconds(field: str, value: object, *, allow_zero: bool = False) -> float:
@@ -39,3 +39,19 @@ def check_ratio(field: str, value: object, *, allow_zero: bool = True) -> float:
         bounds = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{field} must be in {bounds}, got {value!r}")
     return float(value)
+
+
+def check_number(field: str, value: object, *, minimum: float) -> float:
+    """A finite real number (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{field} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_name(field: str, value: object) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    return value

@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "HEADER",
@@ -32,9 +35,7 @@ __all__ = [
 HEADER = "x-resilient-deadline-ms"
 
 # Absolute monotonic instant, or None when no deadline is active.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "resilient_deadline", default=None
-)
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("resilient_deadline", default=None)
 
 _MAX_HEADER_MS = 86_400_000  # one day: anything larger is nonsense, not a deadline
 
@@ -85,7 +86,7 @@ def parse_header(value: str | bytes | None) -> float | None:
         return None
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     text = text.strip()
-    if not text.isdigit() or len(text) > 12:  # noqa: PLR2004 - digits of a sane millisecond count
+    if not text.isdigit() or len(text) > 12:
         return None
     millis = int(text)
     if millis > _MAX_HEADER_MS:

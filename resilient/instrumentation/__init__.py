@@ -38,9 +38,7 @@ def remove_listener(listener: Listener) -> None:
     HUB.listeners = tuple(existing for existing in HUB.listeners if existing != listener)
 
 
-def configure(
-    *, traces: bool | None = None, metrics: bool | None = None, logs: bool | None = None
-) -> None:
+def configure(*, traces: bool | None = None, metrics: bool | None = None, logs: bool | None = None) -> None:
     """Switch the built-in outputs on or off (all on by default; None leaves one as it is)."""
     if traces is not None:
         HUB.otel.tracing_enabled = traces

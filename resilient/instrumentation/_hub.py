@@ -7,8 +7,7 @@ costs one level check; the per-call path asks `begin_call()` which returns None 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilient._errors import (
     BulkheadFullError,
@@ -20,6 +19,9 @@ from resilient.instrumentation._events import Event, Listener
 from resilient.instrumentation._log import EventLogger
 from resilient.instrumentation._otel import CallObservation, Otel, _error_type
 from resilient.redaction import redact_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = ["HUB", "Hub", "outcome_of"]
 

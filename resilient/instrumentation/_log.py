@@ -9,19 +9,24 @@ line with the fields also attached to the record (``record.resilient``), so plai
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from resilient.logging import add_request_id, add_trace_context
 from resilient.redaction import redact_event_dict
 
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
 __all__ = ["LOGGER_NAME", "EventLogger"]
 
 LOGGER_NAME = "resilient"
 
 
-def _to_stdlib_call(_logger: Any, _method: str, event_dict: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _to_stdlib_call(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Render `event key=value ...` as the message and keep the fields on the record."""
     event = event_dict.pop("event")
     rendered = " ".join(f"{key}={value!r}" for key, value in event_dict.items())
@@ -52,7 +57,9 @@ class EventLogger:
     def log(self, level: int, name: str, fields: dict[str, Any]) -> None:
         """Write the event through the application's structlog, or the stdlib fallback."""
         if structlog.is_configured():
-            event_dict = redact_event_dict(None, "", add_request_id(None, "", add_trace_context(None, "", dict(fields))))
+            event_dict = redact_event_dict(
+                None, "", add_request_id(None, "", add_trace_context(None, "", dict(fields)))
+            )
             structlog.get_logger(LOGGER_NAME).log(level, name, **event_dict)
         else:
             self._fallback.log(level, name, **fields)

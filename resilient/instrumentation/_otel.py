@@ -7,7 +7,6 @@ application installs an SDK provider nothing is created, no span object, no metr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import opentelemetry.metrics._internal as _metrics_state
@@ -20,6 +19,8 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 from resilient._version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
