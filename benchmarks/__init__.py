@@ -1,0 +1,5 @@
+"""Benchmarks of `resilient` against the libraries a user would otherwise assemble.
+
+Run ``python -m benchmarks [--quick] [--only SUBSTRING] [--json PATH]``. Every case runs in
+one process, so the ratios in a table compare figures measured in the same run.
+"""

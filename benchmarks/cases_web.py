@@ -1,0 +1,228 @@
+"""Sections 9-10: the ASGI middleware and the httpx transport, in process, no sockets.
+
+ASGI apps are driven by calling them with a prebuilt scope, ``receive`` and ``send``, so
+the figure is the middleware's own cost, not a server's or an HTTP client's.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from benchmarks._harness import Case, SyncBench
+from benchmarks._support import HUGE_RATE, PHASES, peer, resilient_api
+
+if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/",
+    "raw_path": b"/",
+    "root_path": "",
+    "query_string": b"",
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+HEADERS = ((b"host", b"bench.test"), (b"user-agent", b"benchmarks"), (b"accept", b"*/*"))
+REQUEST_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
+URL = "http://bench.test/"
+
+MiddlewareSpec = tuple[Callable[[], Any], dict[str, Any]]
+
+
+# 9. ASGI ----------------------------------------------------------------------------------
+
+
+async def receive() -> dict[str, Any]:
+    return REQUEST_MESSAGE
+
+
+async def send(_message: dict[str, Any]) -> None:
+    return None
+
+
+async def drive(app: Callable[..., Any]) -> None:
+    """One request through the app; scope and headers are copied as a server would build them."""
+    await app({**SCOPE, "headers": list(HEADERS)}, receive, send)
+
+
+def starlette_app(middleware: list[MiddlewareSpec]) -> Any:
+    starlette = peer("starlette.applications")
+    routing, responses = peer("starlette.routing"), peer("starlette.responses")
+    stack_middleware = peer("starlette.middleware")
+
+    async def home(_request: Any) -> Any:
+        return responses.PlainTextResponse("ok")
+
+    app = starlette.Starlette(
+        routes=[routing.Route("/", home)],
+        middleware=[stack_middleware.Middleware(factory(), **options) for factory, options in middleware],
+    )
+    if any(factory is slowapi_middleware for factory, _ in middleware):
+        app.state.limiter = slowapi_limiter()  # slowapi finds its limiter on the app state
+    return app
+
+
+def slowapi_limiter() -> Any:
+    return peer("slowapi").Limiter(key_func=peer("slowapi.util").get_remote_address, default_limits=[HUGE_RATE])
+
+
+def slowapi_middleware() -> Any:
+    return peer("slowapi.middleware").SlowAPIASGIMiddleware
+
+
+def otel_middleware() -> Any:
+    return peer("opentelemetry.instrumentation.asgi").OpenTelemetryMiddleware
+
+
+def correlation_id_middleware() -> Any:
+    return peer("asgi_correlation_id").CorrelationIdMiddleware
+
+
+def resilient_middleware() -> Any:
+    return resilient_api("ResilientMiddleware", "resilient.asgi")
+
+
+RESILIENT_ASGI_OPTIONS: dict[str, Any] = {
+    "rate_limit": HUGE_RATE,
+    "max_in_flight": 1000,
+    "timeout": 30.0,
+    "max_body_size": 1_000_000,
+}
+
+
+def asgi_setup(middleware: list[MiddlewareSpec]) -> Callable[[ExitStack], SyncBench]:
+    def setup(stack: ExitStack) -> SyncBench:
+        return functools.partial(drive, starlette_app(middleware))
+
+    return setup
+
+
+ASGI_COMBO = "asgi-correlation-id + slowapi + OTel ASGI"
+
+
+def asgi_cases() -> list[Case]:
+    cases: list[Case] = []
+    variants: list[tuple[str, str, list[MiddlewareSpec], tuple[str, ...]]] = [
+        ("bare Starlette app", "bare", [], ()),
+        (
+            "+ resilient.asgi.ResilientMiddleware (all on)",
+            "",
+            [(resilient_middleware, RESILIENT_ASGI_OPTIONS)],
+            (ASGI_COMBO, "+ slowapi (ASGI middleware)", "+ OTel OpenTelemetryMiddleware"),
+        ),
+        ("+ slowapi (ASGI middleware)", "slowapi", [(slowapi_middleware, {})], ()),
+        ("+ OTel OpenTelemetryMiddleware", "OTel", [(otel_middleware, {})], ()),
+        (ASGI_COMBO, "combo", [(correlation_id_middleware, {}), (slowapi_middleware, {}), (otel_middleware, {})], ()),
+    ]
+    for phase, suffix in PHASES:
+        section = f"9. ASGI request, in process, {suffix}"
+        cases += [
+            Case(
+                section=section,
+                name=name,
+                tag=tag,
+                baseline=not middleware,
+                peers=peers,
+                is_async=True,
+                phase=phase,
+                setup=asgi_setup(middleware),
+            )
+            for name, tag, middleware, peers in variants
+        ]
+    return cases
+
+
+# 10. httpx --------------------------------------------------------------------------------
+
+
+def respond(_request: Any) -> Any:
+    return peer("httpx").Response(200, text="ok")
+
+
+async def arespond(request: Any) -> Any:
+    return respond(request)
+
+
+def mock_transport(is_async: bool) -> Any:
+    return peer("httpx").MockTransport(arespond if is_async else respond)
+
+
+def plain(inner: Any) -> Any:
+    return inner
+
+
+def resilient_transport(is_async: bool) -> Callable[[Any], Any]:
+    name = "AsyncResilientTransport" if is_async else "ResilientTransport"
+    cls = resilient_api(name, "resilient.httpx")
+    return lambda inner: cls(transport=inner)
+
+
+def retry_transport(inner: Any) -> Any:
+    httpx_retries = peer("httpx_retries")
+    return httpx_retries.RetryTransport(transport=inner, retry=httpx_retries.Retry(total=3))
+
+
+def httpx_setup(
+    wrap: Callable[[bool], Callable[[Any], Any]], *, is_async: bool, instrument: bool
+) -> Callable[[ExitStack], SyncBench]:
+    def setup(stack: ExitStack) -> SyncBench:
+        httpx = peer("httpx")
+        transport = wrap(is_async)(mock_transport(is_async))
+        client = (httpx.AsyncClient if is_async else httpx.Client)(transport=transport)
+        if not is_async:
+            stack.callback(client.close)
+        if instrument:
+            instrumentor = peer("opentelemetry.instrumentation.httpx").HTTPXClientInstrumentor
+            instrumentor.instrument_client(client)
+        return functools.partial(client.get, URL)
+
+    return setup
+
+
+HTTPX_COMBO = "httpx-retries + OTel instrument_client"
+
+
+def httpx_cases() -> list[Case]:
+    variants: list[tuple[str, str, Callable[[bool], Callable[[Any], Any]], bool, tuple[str, ...]]] = [
+        ("plain Client(MockTransport)", "plain", lambda _a: plain, False, ()),
+        (
+            "resilient.httpx transport",
+            "",
+            resilient_transport,
+            False,
+            (HTTPX_COMBO, "httpx-retries RetryTransport", "OTel instrument_client"),
+        ),
+        ("httpx-retries RetryTransport", "httpx-retries", lambda _a: retry_transport, False, ()),
+        ("OTel instrument_client", "OTel", lambda _a: plain, True, ()),
+        (HTTPX_COMBO, "retries+OTel", lambda _a: retry_transport, True, ()),
+    ]
+    cases: list[Case] = []
+    for phase, suffix in PHASES:
+        for mode in ("sync", "async"):
+            section = f"10. httpx GET, MockTransport, {suffix} · {mode}"
+            is_async = mode == "async"
+            cases += [
+                Case(
+                    section=section,
+                    name=name,
+                    tag=tag,
+                    baseline=tag == "plain",
+                    peers=peers,
+                    is_async=is_async,
+                    phase=phase,
+                    setup=httpx_setup(wrap, is_async=is_async, instrument=instrument),
+                )
+                for name, tag, wrap, instrument, peers in variants
+            ]
+    return cases
+
+
+def cases() -> list[Case]:
+    return [*asgi_cases(), *httpx_cases()]

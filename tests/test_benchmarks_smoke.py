@@ -1,0 +1,93 @@
+"""The benchmark runner's machinery, run on two tiny cases in process (no timing asserted)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ lives beside tests/ and is not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._harness import (  # noqa: E402
+    Case,
+    Result,
+    Runner,
+    Settings,
+    SyncBench,
+    UnavailableError,
+)
+from benchmarks._report import build_sections, format_ratio, overhead_ratio, render  # noqa: E402
+
+TINY = Settings(target_seconds=0.001, repeats=3, warmups=0)
+SECTION = "smoke"
+
+
+def _cheap(_stack: ExitStack) -> SyncBench:
+    return lambda: None
+
+
+def _dearer(_stack: ExitStack) -> SyncBench:
+    return lambda: sum(range(50))
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _cheap_async(_stack: ExitStack) -> SyncBench:
+    return _nothing
+
+
+def _missing(_stack: ExitStack) -> SyncBench:
+    raise UnavailableError("resilient.Nothing not available yet")
+
+
+def _cases() -> list[Case]:
+    return [
+        Case(section=SECTION, name="cheap", tag="cheap", baseline=True, setup=_cheap),
+        Case(section=SECTION, name="dearer", peers=("cheap",), setup=_dearer),
+    ]
+
+
+def _run(cases: list[Case]) -> list[Result]:
+    return Runner(settings=TINY, install_sdk=lambda: None).run(cases)
+
+
+def test_table_has_rows_and_ratio_from_measured_numbers() -> None:
+    """Each case gets a row whose ratio is its measured time over the baseline's."""
+    results = _run(_cases())
+    base, dearer = (r.ns_per_call for r in results)
+    assert base is not None
+    assert dearer is not None
+    sections = build_sections(results)
+    table = render(sections, "header")
+    row = next(line for line in table.splitlines() if line.startswith("dearer"))
+    assert format_ratio(dearer / base) in row
+    assert sections[0].rows[1].ratio == pytest.approx(dearer / base)
+    assert "cheap *" in table
+
+
+def test_unavailable_and_async_cases_run_in_the_same_pass() -> None:
+    """A missing feature becomes an n/a row; an async case is awaited in its own loop."""
+    cases = [
+        *_cases(),
+        Case(section=SECTION, name="async", is_async=True, setup=_cheap_async),
+        Case(section=SECTION, name="missing", setup=_missing, phase="sdk"),
+    ]
+    results = _run(cases)
+    assert results[2].ns_per_call is not None
+    assert results[3].note == "n/a (resilient.Nothing not available yet)"
+    assert "missing" in render(build_sections(results), "header")
+
+
+def test_overhead_ratio_compares_added_costs() -> None:
+    """Overhead vs a peer is (own - base) / (peer - base), n/a when the peer adds nothing."""
+    assert overhead_ratio(30.0, 110.0, 10.0) == pytest.approx(0.2)
+    assert overhead_ratio(30.0, 10.0, 10.0) is None
