@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["CLOCK", "Clock"]
@@ -19,20 +20,30 @@ class Clock:
 
     skip_waits: bool = False
     recorded: list[float] | None = field(default=None)
-    monotonic = staticmethod(time.monotonic)
+    monotonic: Callable[[], float] = time.monotonic
+    #: Called instead of sleeping when waits are skipped (a fake clock advances itself here).
+    on_skipped_wait: Callable[[float], None] | None = None
 
     def sleep(self, seconds: float) -> None:
         """Block the thread for `seconds` (a backoff or a rate-limit wait)."""
         if self.recorded is not None:
             self.recorded.append(seconds)
-        if not self.skip_waits and seconds > 0:
+        if self.skip_waits:
+            if self.on_skipped_wait is not None:
+                self.on_skipped_wait(seconds)
+        elif seconds > 0:
             time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
         """Suspend the task for `seconds`; still a cancellation point when waits are skipped."""
         if self.recorded is not None:
             self.recorded.append(seconds)
-        await asyncio.sleep(0 if self.skip_waits else max(seconds, 0.0))
+        if self.skip_waits:
+            if self.on_skipped_wait is not None:
+                self.on_skipped_wait(seconds)
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(max(seconds, 0.0))
 
 
 CLOCK = Clock()

@@ -1,6 +1,6 @@
 """The current deadline: set by a policy's total timeout or by the middleware, read anywhere.
 
-A deadline is an absolute `time.monotonic()` instant held in a context variable, so it
+A deadline is an absolute `CLOCK.monotonic()` instant held in a context variable, so it
 follows the call into nested `@resilient` calls, threads started with a copied context and
 asyncio tasks. Code that makes its own blocking calls can clamp them::
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextvars
 import math
-import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+from resilient._clock import CLOCK
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,7 +42,7 @@ _MAX_HEADER_MS = 86_400_000  # one day: anything larger is nonsense, not a deadl
 
 
 def current() -> float | None:
-    """The active deadline as a `time.monotonic()` instant, or None."""
+    """The active deadline as a `CLOCK.monotonic()` instant, or None."""
     return _DEADLINE.get()
 
 
@@ -50,7 +51,7 @@ def remaining() -> float | None:
     deadline = _DEADLINE.get()
     if deadline is None:
         return None
-    return max(deadline - time.monotonic(), 0.0)
+    return max(deadline - CLOCK.monotonic(), 0.0)
 
 
 @contextmanager
@@ -65,7 +66,7 @@ def scope(seconds: float | None) -> Iterator[float | None]:
     if seconds is None:
         yield outer
         return
-    instant = time.monotonic() + seconds
+    instant = CLOCK.monotonic() + seconds
     if outer is not None and outer < instant:
         instant = outer
     token = _DEADLINE.set(instant)

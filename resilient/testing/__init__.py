@@ -1,16 +1,16 @@
 """Helpers for testing code protected by `resilient` (and for testing `resilient` itself).
 
-    from resilient import testing
+from resilient import testing
 
-    def test_retries_three_times():
-        with testing.no_wait() as waits:   # backoff and rate-limit waits return at once
-            assert fetch() == "ok"
-        assert len(waits) == 2             # ...but every requested delay is recorded
+def test_retries_three_times():
+    with testing.no_wait() as waits:   # backoff and rate-limit waits return at once
+        assert fetch() == "ok"
+    assert len(waits) == 2             # ...but every requested delay is recorded
 
-    @pytest.fixture(autouse=True)
-    def _fresh_breakers():
-        yield
-        testing.reset_breakers()
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    yield
+    testing.reset_breakers()
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from resilient._breaker import _REGISTRY, forget_breakers, reset_breakers
 from resilient._clock import CLOCK
 
 __all__ = [
+    "FakeClock",
     "breaker_state",
     "describe",
+    "fake_clock",
     "forget_breakers",
     "no_wait",
     "reset_breakers",
@@ -45,6 +47,38 @@ def no_wait() -> Iterator[list[float]]:
         yield recorded
     finally:
         CLOCK.skip_waits, CLOCK.recorded = previous
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to, or when the library would sleep."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def monotonic(self) -> float:
+        """The fake current instant."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward (breaker reset timeouts, rate-limit windows, budgets see it)."""
+        self.now += seconds
+
+
+@contextmanager
+def fake_clock(start: float = 1_000.0) -> Iterator[FakeClock]:
+    """Drive the library's clock by hand; its waits advance the fake clock instead of sleeping.
+
+    It covers backoff, rate-limit windows and waits, breaker reset timeouts, retry budgets
+    and `resilient.deadline`. It does not move asyncio's loop clock, so `asyncio` timeouts
+    of async attempts still use real time.
+    """
+    clock = FakeClock(start)
+    previous = (CLOCK.monotonic, CLOCK.skip_waits, CLOCK.recorded, CLOCK.on_skipped_wait)
+    CLOCK.monotonic, CLOCK.skip_waits, CLOCK.on_skipped_wait = clock.monotonic, True, clock.advance
+    try:
+        yield clock
+    finally:
+        CLOCK.monotonic, CLOCK.skip_waits, CLOCK.recorded, CLOCK.on_skipped_wait = previous
 
 
 def breaker_state(name: str) -> str:
