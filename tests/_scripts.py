@@ -1,0 +1,45 @@
+"""A scripted dependency that one test table drives through sync and async policies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from resilient import Policy
+
+MODES = ("sync", "async")
+
+
+class Script:
+    """Returns or raises the scripted outcomes in order; the last one repeats."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes) or [None]
+        self.calls = 0
+
+    def step(self) -> Any:
+        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
+        self.calls += 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def protect(mode: str, script: Script, **options: Any) -> Callable[[], Any]:
+    """A zero-argument caller of `script` under `Policy(**options)`, sync or async."""
+    policy = Policy(**options)
+    if mode == "sync":
+
+        @policy
+        def dependency() -> Any:
+            return script.step()
+
+        return dependency
+
+    @policy
+    async def adependency() -> Any:
+        await asyncio.sleep(0)
+        return script.step()
+
+    return lambda: asyncio.run(adependency())

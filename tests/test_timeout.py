@@ -1,0 +1,228 @@
+"""Timeouts: the total deadline, the per-attempt limit, real cancellation, bounded threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from resilient import DeadlineExceededError, Policy, Retry, Timeout, deadline, resilient, testing
+from resilient.instrumentation import Event
+
+NO_BACKOFF = {"initial_delay": 0.0, "max_delay": 0.0, "budget": None}
+
+
+async def test_async_total_timeout_cancels_the_call(events: list[Event]) -> None:
+    """A hung coroutine is cancelled at the deadline; the error is also a TimeoutError."""
+    cancelled = asyncio.Event()
+
+    @resilient(timeout=0.05)
+    async def hang() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as raised:
+        await hang()
+    assert time.monotonic() - started < 1.0
+    assert isinstance(raised.value, TimeoutError)
+    assert raised.value.scope == "total"
+    assert raised.value.timeout == pytest.approx(0.05)
+    assert cancelled.is_set()
+    assert [event.name for event in events] == ["timeout.exceeded"]
+
+
+async def test_async_attempt_timeout_is_retried_within_the_total() -> None:
+    """An attempt that times out is retried; the next attempt may succeed."""
+    calls = 0
+
+    @resilient(timeout=Timeout(total=5.0, attempt=0.05), retry=Retry(attempts=3, **NO_BACKOFF))
+    async def slow_then_fast() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()
+        return "ok"
+
+    assert await slow_then_fast() == "ok"
+    assert calls == 2
+
+
+async def test_async_total_timeout_bounds_attempts_and_sleeps() -> None:
+    """Attempts plus backoff never exceed the total: the deadline error ends the loop."""
+    calls = 0
+
+    @resilient(timeout=Timeout(total=0.2, attempt=0.05), retry=Retry(attempts=100, initial_delay=0.01, budget=None))
+    async def always_hangs() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.Event().wait()
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        await always_hangs()
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.2 + 0.15
+    assert 2 <= calls < 100
+
+
+async def test_an_async_users_own_timeout_error_is_not_relabelled() -> None:
+    """A TimeoutError raised by the function itself keeps its identity."""
+    original = TimeoutError("upstream said so")
+
+    @resilient(timeout=5.0)
+    async def fails() -> None:
+        raise original
+
+    with pytest.raises(TimeoutError) as raised:
+        await fails()
+    assert raised.value is original
+
+
+def test_sync_cooperative_timeout_publishes_the_deadline() -> None:
+    """Inside a sync call the remaining budget is readable, and is below the timeout."""
+    seen: list[float | None] = []
+
+    @resilient(timeout=2.0)
+    def read_budget() -> None:
+        seen.append(deadline.remaining())
+
+    read_budget()
+    assert seen[0] is not None
+    assert 0 < seen[0] <= 2.0
+    assert deadline.remaining() is None  # restored after the call
+
+
+def test_sync_cooperative_overrun_keeps_the_result_and_reports_it(events: list[Event]) -> None:
+    """Cooperative mode does not interrupt: a late result is returned and the overrun logged."""
+
+    @resilient(timeout=Timeout(attempt=0.01))
+    def late() -> str:
+        time.sleep(0.03)
+        return "late"
+
+    assert late() == "late"
+    assert [(e.name, e.fields["interrupted"]) for e in events] == [("timeout.exceeded", False)]
+
+
+def test_sync_thread_mode_returns_at_the_deadline() -> None:
+    """Thread mode: the caller gets DeadlineExceededError at the deadline, not when the call ends."""
+    release = threading.Event()
+
+    @resilient(timeout=Timeout(total=0.05, sync_mode="thread"))
+    def hang() -> None:
+        release.wait(5)
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        hang()
+    assert time.monotonic() - started < 1.0
+    release.set()
+
+
+def test_sync_thread_mode_runs_with_the_callers_context_and_result() -> None:
+    """Thread mode returns the value and sees the deadline contextvar."""
+
+    @resilient(timeout=Timeout(total=1.0, sync_mode="thread"))
+    def budget() -> float | None:
+        return deadline.remaining()
+
+    remaining = budget()
+    assert remaining is not None
+    assert 0 < remaining <= 1.0
+
+
+def test_sync_thread_mode_bounds_abandoned_threads() -> None:
+    """However many calls time out, at most `max_threads` workers ever exist."""
+    release = threading.Event()
+    policy = Policy(timeout=Timeout(total=0.02, sync_mode="thread", max_threads=3))
+
+    @policy
+    def hang() -> None:
+        release.wait(5)
+
+    before = threading.active_count()
+    for _ in range(10):
+        with pytest.raises(DeadlineExceededError):
+            hang()
+    assert threading.active_count() - before <= 3
+    assert policy._compiled.runner is not None
+    assert policy._compiled.runner.threads <= 3
+    release.set()
+
+
+def test_nested_calls_clamp_to_the_outer_deadline() -> None:
+    """A nested policy with a longer timeout sees the outer, shorter deadline."""
+    seen: list[float | None] = []
+
+    @resilient(timeout=10.0)
+    def inner() -> None:
+        seen.append(deadline.remaining())
+
+    @resilient(timeout=0.5)
+    def outer() -> None:
+        inner()
+
+    outer()
+    assert seen[0] is not None
+    assert seen[0] <= 0.5
+
+
+async def test_nested_async_calls_clamp_to_the_outer_deadline() -> None:
+    """An inner async timeout of 10 s is cancelled by the outer 0.05 s deadline."""
+
+    @resilient(timeout=10.0)
+    async def inner() -> None:
+        await asyncio.Event().wait()
+
+    @resilient(timeout=0.05)
+    async def outer() -> None:
+        await inner()
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await outer()
+    assert time.monotonic() - started < 1.0
+
+
+def test_deadline_scope_nests_and_restores() -> None:
+    """`deadline.scope` clamps to an enclosing deadline and restores it on exit."""
+    with testing.fake_clock() as clock:
+        assert deadline.remaining() is None
+        with deadline.scope(5.0):
+            assert deadline.remaining() == pytest.approx(5.0)
+            with deadline.scope(10.0):
+                assert deadline.remaining() == pytest.approx(5.0)
+            clock.advance(2.0)
+            assert deadline.remaining() == pytest.approx(3.0)
+            clock.advance(10.0)
+            assert deadline.remaining() == 0.0
+        assert deadline.current() is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("1500", 1.5), (b"250", 0.25), ("0", 0.0), (" 42 ", 0.042), ("-5", None), ("abc", None), ("", None),
+     ("1e3", None), ("9" * 20, None), (None, None)],
+)
+def test_deadline_header_parsing_never_fails(header: str | bytes | None, expected: float | None) -> None:
+    """Malformed deadline headers are ignored, valid ones become seconds."""
+    assert deadline.parse_header(header) == expected
+
+
+def test_deadline_header_round_trips() -> None:
+    """What format_header writes, parse_header reads back (to the millisecond, rounded down)."""
+    assert deadline.parse_header(deadline.format_header(1.2345)) == 1.234
+    assert deadline.format_header(-1.0) == "0"
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_deadline_scope_rejects_bad_seconds(bad: float) -> None:
+    """A negative or NaN deadline is a programming error, reported at once."""
+    with pytest.raises(ValueError, match="deadline seconds"), deadline.scope(bad):
+        pass
