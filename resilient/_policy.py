@@ -25,7 +25,7 @@ from resilient._timeout import Timeout
 from resilient._validate import check_name
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
 __all__ = ["Policy", "resilient"]
 
@@ -159,7 +159,7 @@ class Policy:
         return {key: value for key, value in layers.items() if value is not None or key == "name"}
 
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
@@ -212,7 +212,7 @@ def _decorate(policy: Policy, fn: Any) -> Any:
 
 
 @overload
-def resilient(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
+def resilient(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
 @overload
 def resilient(fn: Callable[P, T], /) -> Callable[P, T]: ...
 @overload

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from resilient import Policy
+from resilient import Policy, Retry
 
 MODES = ("sync", "async")
 
@@ -43,3 +43,9 @@ def protect(mode: str, script: Script, **options: Any) -> Callable[[], Any]:
         return script.step()
 
     return lambda: asyncio.run(adependency())
+
+
+def quick(attempts: int, **options: Any) -> Retry:
+    """A Retry with no backoff and no budget, for tests about *what* is retried."""
+    options.setdefault("budget", None)
+    return Retry(attempts=attempts, initial_delay=0.0, max_delay=0.0, **options)

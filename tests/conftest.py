@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -42,6 +43,7 @@ def _clean_global_state() -> Iterator[None]:
     """Every test starts with no breakers, no listeners, real waits and telemetry off."""
     instrumentation.configure(traces=False, metrics=False, logs=True)
     yield
+    structlog.reset_defaults()  # capture_logs() leaves structlog marked as configured
     testing.forget_breakers()
     HUB.listeners = ()
     CLOCK.skip_waits, CLOCK.recorded, CLOCK.on_skipped_wait = False, None, None

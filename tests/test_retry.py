@@ -19,9 +19,7 @@ from resilient import (
 )
 from resilient.instrumentation import Event
 
-from ._scripts import MODES, Script, protect
-
-NO_BACKOFF = {"initial_delay": 0.0, "max_delay": 0.0}
+from ._scripts import MODES, Script, protect, quick
 
 
 @pytest.fixture(params=MODES)
@@ -36,7 +34,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 def test_transient_errors_are_retried_until_success(mode: str, error: Exception) -> None:
     """Connection errors and timeouts are retried and the eventual value is returned."""
     script = Script(error, error, "ok")
-    call = protect(mode, script, retry=Retry(attempts=3, **NO_BACKOFF))
+    call = protect(mode, script, retry=quick(3))
     assert call() == "ok"
     assert script.calls == 3
 
@@ -47,7 +45,7 @@ def test_transient_errors_are_retried_until_success(mode: str, error: Exception)
 def test_programming_errors_are_never_retried_by_default(mode: str, error: Exception) -> None:
     """A bug fails at once: the original exception, one call."""
     script = Script(error, "ok")
-    call = protect(mode, script, retry=Retry(attempts=5, **NO_BACKOFF))
+    call = protect(mode, script, retry=quick(5))
     with pytest.raises(type(error)) as raised:
         call()
     assert raised.value is error
@@ -58,14 +56,14 @@ def test_programming_errors_are_not_retried_even_with_on_exception(mode: str) ->
     """`on=Exception` means any failure of the dependency, still not a TypeError."""
     script = Script(TypeError("bug"), "ok")
     with pytest.raises(TypeError):
-        protect(mode, script, retry=Retry(attempts=3, on=Exception, **NO_BACKOFF))()
+        protect(mode, script, retry=quick(3, on=Exception))()
     assert script.calls == 1
 
 
 def test_a_programming_error_named_explicitly_is_retried(mode: str) -> None:
     """Naming ValueError in `on=` is an explicit choice and is honoured."""
     script = Script(ValueError("flaky parse"), "ok")
-    assert protect(mode, script, retry=Retry(attempts=2, on=ValueError, **NO_BACKOFF))() == "ok"
+    assert protect(mode, script, retry=quick(2, on=ValueError))() == "ok"
 
 
 def test_the_last_original_exception_is_raised_when_attempts_run_out(mode: str) -> None:
@@ -73,7 +71,7 @@ def test_the_last_original_exception_is_raised_when_attempts_run_out(mode: str) 
     errors = [ConnectionError("first"), ConnectionError("second"), ConnectionError("third")]
     script = Script(*errors)
     with pytest.raises(ConnectionError) as raised:
-        protect(mode, script, retry=Retry(attempts=3, **NO_BACKOFF))()
+        protect(mode, script, retry=quick(3))()
     assert raised.value is errors[2]
     assert script.calls == 3
 
@@ -90,14 +88,14 @@ def test_the_librarys_own_rejections_are_never_retried(mode: str, rejection: Exc
     """A rejection from a nested policy passes straight through an outer retry."""
     script = Script(rejection, "ok")
     with pytest.raises(type(rejection)):
-        protect(mode, script, retry=Retry(attempts=5, on=Exception, **NO_BACKOFF))()
+        protect(mode, script, retry=quick(5, on=Exception))()
     assert script.calls == 1
 
 
 def test_predicate_decides_what_is_retried(mode: str) -> None:
     """`on=` accepts a predicate over the exception."""
     script = Script(OSError(104, "reset"), OSError(2, "missing"), "ok")
-    call = protect(mode, script, retry=Retry(attempts=5, on=lambda e: getattr(e, "errno", None) == 104, **NO_BACKOFF))
+    call = protect(mode, script, retry=quick(5, on=lambda e: getattr(e, "errno", None) == 104))
     with pytest.raises(OSError, match="missing"):
         call()
     assert script.calls == 2
@@ -106,9 +104,9 @@ def test_predicate_decides_what_is_retried(mode: str) -> None:
 def test_results_can_be_retried(mode: str) -> None:
     """`on_result` retries a flagged value, and returns the last value when attempts run out."""
     script = Script(None, None, "ready")
-    assert protect(mode, script, retry=Retry(attempts=3, on_result=lambda r: r is None, **NO_BACKOFF))() == "ready"
+    assert protect(mode, script, retry=quick(3, on_result=lambda r: r is None))() == "ready"
     stuck = Script(None)
-    assert protect(mode, stuck, retry=Retry(attempts=2, on_result=lambda r: r is None, **NO_BACKOFF))() is None
+    assert protect(mode, stuck, retry=quick(2, on_result=lambda r: r is None))() is None
     assert stuck.calls == 2
 
 
@@ -130,7 +128,7 @@ def test_tenacity_strategies_are_accepted(mode: str) -> None:
 def test_tenacity_result_predicates_see_results(mode: str) -> None:
     """A tenacity retry_if_result object is consulted on returned values too."""
     script = Script(0, 0, 7)
-    retry = Retry(attempts=5, on=tenacity.retry_if_result(lambda r: r == 0), **NO_BACKOFF)
+    retry = quick(5, on=tenacity.retry_if_result(lambda r: r == 0))
     assert protect(mode, script, retry=retry)() == 7
 
 
@@ -176,7 +174,7 @@ def test_cancellation_is_never_retried_or_swallowed() -> None:
     """A CancelledError raised by the dependency propagates untouched after one call."""
     script = Script(asyncio.CancelledError(), "ok")
     with pytest.raises(asyncio.CancelledError):
-        protect("async", script, retry=Retry(attempts=5, on=Exception, **NO_BACKOFF))()
+        protect("async", script, retry=quick(5, on=Exception))()
     assert script.calls == 1
 
 
@@ -184,7 +182,7 @@ def test_keyboard_interrupt_propagates_untouched() -> None:
     """KeyboardInterrupt is never caught by the retry loop."""
     script = Script(KeyboardInterrupt(), "ok")
     with pytest.raises(KeyboardInterrupt):
-        protect("sync", script, retry=Retry(attempts=5, on=Exception, **NO_BACKOFF))()
+        protect("sync", script, retry=quick(5, on=Exception))()
     assert script.calls == 1
 
 
@@ -192,7 +190,7 @@ def test_retries_are_reported(mode: str, events: list[Event]) -> None:
     """Each retry emits retry.scheduled; giving up emits retry.exhausted at WARNING."""
     script = Script(ConnectionError("down"))
     with pytest.raises(ConnectionError):
-        protect(mode, script, name="payments", retry=Retry(attempts=3, **NO_BACKOFF))()
+        protect(mode, script, name="payments", retry=quick(3))()
     names = [event.name for event in events]
     assert names == ["retry.scheduled", "retry.scheduled", "retry.exhausted"]
     scheduled = events[0]
@@ -207,7 +205,7 @@ def test_budget_caps_retries_when_the_dependency_is_down(mode: str, events: list
     """With everything failing, retries stay within ratio * calls + floor, and say so."""
     budget = RetryBudget(ratio=0.2, min_per_second=0.0, window=10.0)
     script = Script(ConnectionError("down"))
-    call = protect(mode, script, retry=Retry(attempts=3, budget=budget, **NO_BACKOFF))
+    call = protect(mode, script, retry=quick(3, budget=budget))
     with testing.fake_clock():
         for _ in range(100):
             with pytest.raises(ConnectionError):
@@ -222,7 +220,7 @@ def test_budget_refills_as_the_window_slides(mode: str) -> None:
     """After the window passes, old calls and retries no longer count."""
     budget = RetryBudget(ratio=0.0, min_per_second=0.2, window=10.0)  # 2 retries per window
     script = Script(ConnectionError("down"))
-    call = protect(mode, script, retry=Retry(attempts=2, budget=budget, **NO_BACKOFF))
+    call = protect(mode, script, retry=quick(2, budget=budget))
     with testing.fake_clock() as clock:
         for _ in range(5):
             with pytest.raises(ConnectionError):
@@ -240,7 +238,7 @@ def test_concurrent_calls_keep_their_own_retry_state() -> None:
 
     from resilient import Policy  # noqa: PLC0415
 
-    policy = Policy(retry=Retry(attempts=3, budget=None, **NO_BACKOFF))
+    policy = Policy(retry=quick(3, budget=None))
     attempts: dict[int, int] = {}
     lock = threading.Lock()
 

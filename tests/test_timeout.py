@@ -11,7 +11,7 @@ import pytest
 from resilient import DeadlineExceededError, Policy, Retry, Timeout, deadline, resilient, testing
 from resilient.instrumentation import Event
 
-NO_BACKOFF = {"initial_delay": 0.0, "max_delay": 0.0, "budget": None}
+from ._scripts import quick
 
 
 async def test_async_total_timeout_cancels_the_call(events: list[Event]) -> None:
@@ -41,7 +41,7 @@ async def test_async_attempt_timeout_is_retried_within_the_total() -> None:
     """An attempt that times out is retried; the next attempt may succeed."""
     calls = 0
 
-    @resilient(timeout=Timeout(total=5.0, attempt=0.05), retry=Retry(attempts=3, **NO_BACKOFF))
+    @resilient(timeout=Timeout(total=5.0, attempt=0.05), retry=quick(3))
     async def slow_then_fast() -> str:
         nonlocal calls
         calls += 1
@@ -207,8 +207,18 @@ def test_deadline_scope_nests_and_restores() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("1500", 1.5), (b"250", 0.25), ("0", 0.0), (" 42 ", 0.042), ("-5", None), ("abc", None), ("", None),
-     ("1e3", None), ("9" * 20, None), (None, None)],
+    [
+        ("1500", 1.5),
+        (b"250", 0.25),
+        ("0", 0.0),
+        (" 42 ", 0.042),
+        ("-5", None),
+        ("abc", None),
+        ("", None),
+        ("1e3", None),
+        ("9" * 20, None),
+        (None, None),
+    ],
 )
 def test_deadline_header_parsing_never_fails(header: str | bytes | None, expected: float | None) -> None:
     """Malformed deadline headers are ignored, valid ones become seconds."""
