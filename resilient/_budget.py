@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass
 
+from resilient._clock import CLOCK
 from resilient._validate import check_ratio, check_seconds
 
 __all__ = ["BudgetRuntime", "RetryBudget"]
@@ -56,7 +56,7 @@ class BudgetRuntime:
         self._reserve = config.min_per_second * config.window
         self._calls = [0] * self._buckets
         self._retries = [0] * self._buckets
-        self._second = int(time.monotonic())
+        self._second = int(CLOCK.monotonic())
         self._lock = threading.Lock()
 
     def deposit(self, now: float) -> None:
@@ -83,11 +83,18 @@ class BudgetRuntime:
 
     def _rotate_needs_lock(self, second: int) -> None:
         """Zero the buckets of the seconds that passed since the last rotation."""
-        if second <= self._second:
+        if second < self._second:  # the clock was swapped (a test's fake clock): start afresh
+            stale = self._buckets
+        elif second == self._second:
             return
-        stale = min(second - self._second, self._buckets)
+        else:
+            stale = min(second - self._second, self._buckets)
+        self._clear_needs_lock(stale)
+        self._second = second
+
+    def _clear_needs_lock(self, stale: int) -> None:
+        """Zero `stale` buckets following the current one."""
         for offset in range(1, stale + 1):
             index = (self._second + offset) % self._buckets
             self._calls[index] = 0
             self._retries[index] = 0
-        self._second = second
