@@ -3,7 +3,9 @@
 A case names what it measures and how to build it; building happens once, in ``setup``,
 and only the zero-argument callable it returns is timed. Each case is calibrated so one
 repeat lasts about ``Settings.target_seconds``, warmed up, then timed ``repeats`` times;
-the figure kept is the median repeat divided by the loop count.
+the figure kept is the median repeat divided by the loop count. The repeats of one
+section's cases are interleaved (see `Runner`); async cases of a section share one event
+loop, started once outside the timed loops, so no figure includes loop start-up.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Case:
     peers: tuple[str, ...] = ()  # names of rows in the same section to compare overheads with
     tag: str = ""  # short label when another row names this one as a peer
     phase: Phase = "plain"  # "sdk" rows run after the OpenTelemetry SDK is installed
+    isolated: bool = False  # setup changes global state: measure it alone, not interleaved
 
     @property
     def label(self) -> str:
@@ -80,24 +83,55 @@ class Result:
 
 
 @dataclass(slots=True)
+class Timing:
+    """A case being measured: its callable, its loop count and the repeats taken so far."""
+
+    case: Case
+    bench: SyncBench
+    loops: int = 0
+    samples: list[int] = field(default_factory=list)
+    error: str = ""
+
+    def result(self) -> Result:
+        if self.error:
+            return Result(case=self.case, note=self.error)
+        median = statistics.median(self.samples)
+        return Result(case=self.case, ns_per_call=median / self.loops, loops=self.loops, samples_ns=tuple(self.samples))
+
+
+@dataclass(slots=True)
 class Runner:
-    """Measures cases in order, installing the SDK once before the first "sdk" case."""
+    """Measures cases batch by batch, installing the SDK once before the first "sdk" batch.
+
+    A batch is one section's cases of one phase. Its repeats are interleaved (repeat 1 of
+    every case, then repeat 2, ...), so a slow spell of the machine hits every row of a
+    section alike and the ratios within it hold. A case whose setup changes global state
+    (``isolated``) gets a batch of its own.
+    """
 
     settings: Settings
     install_sdk: Callable[[], None]
     progress: Callable[[str], None] = field(default=lambda _line: None)
     _sdk_failure: str | None = None  # None until installed; then "" or why it failed
+    _done: int = 0
 
     def run(self, cases: Sequence[Case]) -> list[Result]:
-        ordered = [c for c in cases if c.phase == "plain"] + [c for c in cases if c.phase == "sdk"]
-        measured = {id(case): self._run_one(case, number, len(ordered)) for number, case in enumerate(ordered, 1)}
+        measured: dict[int, Result] = {}
+        for batch in batches(cases):
+            for result in self._run_batch(batch, len(cases)):
+                measured[id(result.case)] = result
         return [measured[id(case)] for case in cases]
 
-    def _run_one(self, case: Case, number: int, total: int) -> Result:
-        failure = self._ensure_sdk() if case.phase == "sdk" else ""
-        result = Result(case=case, note=failure) if failure else measure_case(case, self.settings)
-        self.progress(f"[{number}/{total}] {case.section} | {case.name}: {describe(result)}")
-        return result
+    def _run_batch(self, batch: list[Case], total: int) -> list[Result]:
+        failure = self._ensure_sdk() if batch[0].phase == "sdk" else ""
+        if failure:
+            results = [Result(case=case, note=failure) for case in batch]
+        else:
+            results = measure_batch(batch, self.settings)
+        for result in results:
+            self._done += 1
+            self.progress(f"[{self._done}/{total}] {result.case.section} | {result.case.name}: {describe(result)}")
+        return results
 
     def _ensure_sdk(self) -> str:
         if self._sdk_failure is None:
@@ -109,23 +143,45 @@ class Runner:
         return self._sdk_failure
 
 
-def measure_case(case: Case, settings: Settings) -> Result:
-    """Build the case, time it, and turn any failure into a row that says why."""
+def batches(cases: Sequence[Case]) -> list[list[Case]]:
+    """Cases grouped by (phase, section, sync or async), "plain" batches first."""
+    grouped: dict[tuple[object, ...], list[Case]] = {}
+    for phase in ("plain", "sdk"):
+        for case in cases:
+            if case.phase == phase:
+                key = (phase, case.section, case.is_async, id(case) if case.isolated else 0)
+                grouped.setdefault(key, []).append(case)
+    return list(grouped.values())
+
+
+def measure_batch(cases: Sequence[Case], settings: Settings) -> list[Result]:
+    """Build every case of a batch, time them interleaved, and report each one."""
     with ExitStack() as stack:
-        try:
-            bench = case.setup(stack)
-        except UnavailableError as exc:
-            return Result(case=case, note=f"n/a ({exc})")
-        except ImportError as exc:
-            return Result(case=case, note=f"n/a (not installed: {exc.name or exc})")
-        except Exception as exc:
-            return Result(case=case, note=f"n/a (setup failed: {type(exc).__name__}: {exc})")
-        try:
-            loops, samples = _measure(bench, case.is_async, settings)
-        except Exception as exc:
-            return Result(case=case, note=f"error ({type(exc).__name__}: {exc})")
-    median = statistics.median(samples)
-    return Result(case=case, ns_per_call=median / loops, loops=loops, samples_ns=samples)
+        built = [_build(case, stack) for case in cases]
+        timings = [item for item in built if isinstance(item, Timing)]
+        if timings:
+            gc.collect()
+            if cases[0].is_async:
+                asyncio.run(_sample_async(timings, settings))  # one loop for the whole batch
+            else:
+                _sample_sync(timings, settings)
+        return [item.result() if isinstance(item, Timing) else item for item in built]
+
+
+def _build(case: Case, stack: ExitStack) -> Timing | Result:
+    """The case's callable, or a row that says why there is none."""
+    try:
+        return Timing(case=case, bench=case.setup(stack))
+    except UnavailableError as exc:
+        return Result(case=case, note=f"n/a ({exc})")
+    except ImportError as exc:
+        return Result(case=case, note=f"n/a (not installed: {exc.name or exc})")
+    except Exception as exc:
+        return Result(case=case, note=f"n/a (setup failed: {type(exc).__name__}: {exc})")
+
+
+def _failed(timing: Timing, exc: Exception) -> None:
+    timing.error = f"error ({type(exc).__name__}: {exc})"
 
 
 def describe(result: Result) -> str:
@@ -142,13 +198,6 @@ def format_duration(ns: float) -> str:
     return f"{ns:.3g} ns"
 
 
-def _measure(bench: SyncBench, is_async: bool, settings: Settings) -> tuple[int, tuple[int, ...]]:
-    gc.collect()
-    if is_async:
-        return asyncio.run(_measure_async(cast("AsyncBench", bench), settings))
-    return _measure_sync(bench, settings)
-
-
 def _loops_for(elapsed_ns: int, loops: int, target_ns: int) -> int | None:
     """The loop count that fills a repeat, once a run is long enough to extrapolate from."""
     if elapsed_ns < target_ns * CALIBRATION_FRACTION:
@@ -156,13 +205,27 @@ def _loops_for(elapsed_ns: int, loops: int, target_ns: int) -> int | None:
     return max(1, round(loops * target_ns / max(elapsed_ns, 1)))
 
 
-def _measure_sync(bench: SyncBench, settings: Settings) -> tuple[int, tuple[int, ...]]:
+def _sample_sync(timings: list[Timing], settings: Settings) -> None:
+    for timing in timings:
+        try:
+            timing.loops = _calibrate_sync(timing.bench, settings.target_ns)
+        except Exception as exc:
+            _failed(timing, exc)
+    for _ in range(settings.warmups + settings.repeats):
+        for timing in (t for t in timings if not t.error):
+            try:
+                timing.samples.append(_time_sync(timing.bench, timing.loops))
+            except Exception as exc:
+                _failed(timing, exc)
+    for timing in timings:
+        del timing.samples[: settings.warmups]
+
+
+def _calibrate_sync(bench: SyncBench, target_ns: int) -> int:
     loops = 1
-    while (calibrated := _loops_for(_time_sync(bench, loops), loops, settings.target_ns)) is None:
+    while (calibrated := _loops_for(_time_sync(bench, loops), loops, target_ns)) is None:
         loops *= CALIBRATION_GROWTH
-    for _ in range(settings.warmups):
-        _time_sync(bench, calibrated)
-    return calibrated, tuple(_time_sync(bench, calibrated) for _ in range(settings.repeats))
+    return calibrated
 
 
 def _time_sync(bench: SyncBench, loops: int) -> int:
@@ -172,14 +235,27 @@ def _time_sync(bench: SyncBench, loops: int) -> int:
     return time.perf_counter_ns() - start
 
 
-async def _measure_async(bench: AsyncBench, settings: Settings) -> tuple[int, tuple[int, ...]]:
+async def _sample_async(timings: list[Timing], settings: Settings) -> None:
+    for timing in timings:
+        try:
+            timing.loops = await _calibrate_async(cast("AsyncBench", timing.bench), settings.target_ns)
+        except Exception as exc:
+            _failed(timing, exc)
+    for _ in range(settings.warmups + settings.repeats):
+        for timing in (t for t in timings if not t.error):
+            try:
+                timing.samples.append(await _time_async(cast("AsyncBench", timing.bench), timing.loops))
+            except Exception as exc:
+                _failed(timing, exc)
+    for timing in timings:
+        del timing.samples[: settings.warmups]
+
+
+async def _calibrate_async(bench: AsyncBench, target_ns: int) -> int:
     loops = 1
-    while (calibrated := _loops_for(await _time_async(bench, loops), loops, settings.target_ns)) is None:
+    while (calibrated := _loops_for(await _time_async(bench, loops), loops, target_ns)) is None:
         loops *= CALIBRATION_GROWTH
-    for _ in range(settings.warmups):
-        await _time_async(bench, calibrated)
-    samples = [await _time_async(bench, calibrated) for _ in range(settings.repeats)]
-    return calibrated, tuple(samples)
+    return calibrated
 
 
 async def _time_async(bench: AsyncBench, loops: int) -> int:

@@ -213,12 +213,20 @@ def telemetry_case(
     mode: str,
     phase: Phase = "plain",
     peers: tuple[str, ...] = (TELEMETRY_OFF,),
-    enter: Callable[[ExitStack], None] = lambda _stack: None,
+    enter: Callable[[ExitStack], None] | None = None,
 ) -> Case:
     is_async = mode == "async"
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-    setup = telemetry_policy(f"bench-tel-{slug}-{mode}", is_async=is_async, enter=enter)
-    return Case(section=section, name=label, peers=peers, is_async=is_async, phase=phase, setup=setup)
+    setup = telemetry_policy(f"bench-tel-{slug}-{mode}", is_async=is_async, enter=enter or (lambda _stack: None))
+    return Case(
+        section=section,
+        name=label,
+        peers=peers,
+        is_async=is_async,
+        phase=phase,
+        setup=setup,
+        isolated=enter is not None,
+    )
 
 
 def telemetry_cases() -> list[Case]:

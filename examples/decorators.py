@@ -56,7 +56,7 @@ async def load_profile(user: int) -> dict[str, object]:
 #    and the fallback answers with a cached value instead of an error.
 @resilient(
     breaker=CircuitBreaker(name="recommendations", failure_threshold=3, reset_timeout=30),
-    fallback=Fallback(lambda exc: ["bestsellers"]),
+    fallback=Fallback(lambda _exc: ["bestsellers"]),
 )
 def recommendations(user: int) -> list[str]:
     TALLY.hit("recommendations")

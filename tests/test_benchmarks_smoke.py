@@ -22,6 +22,7 @@ from benchmarks._harness import (  # noqa: E402
     Settings,
     SyncBench,
     UnavailableError,
+    batches,
 )
 from benchmarks._report import build_sections, format_ratio, overhead_ratio, render  # noqa: E402
 
@@ -91,3 +92,25 @@ def test_overhead_ratio_compares_added_costs() -> None:
     """Overhead vs a peer is (own - base) / (peer - base), n/a when the peer adds nothing."""
     assert overhead_ratio(30.0, 110.0, 10.0) == pytest.approx(0.2)
     assert overhead_ratio(30.0, 10.0, 10.0) is None
+
+
+def test_batches_put_sdk_cases_last_and_isolated_cases_alone() -> None:
+    """A section's cases share a batch, except isolated ones; "sdk" batches come last."""
+    cheap, dearer = _cases()
+    sdk = Case(section=SECTION, name="sdk", setup=_cheap, phase="sdk")
+    alone = Case(section=SECTION, name="alone", setup=_cheap, isolated=True)
+    assert batches([sdk, cheap, alone, dearer]) == [[cheap, dearer], [alone], [sdk]]
+
+
+def test_a_case_that_fails_while_timed_becomes_an_error_row() -> None:
+    """An exception in the timed loop is reported on that row; the others still run."""
+
+    def broken(_stack: ExitStack) -> SyncBench:
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        return fail
+
+    results = _run([*_cases(), Case(section=SECTION, name="broken", setup=broken)])
+    assert results[2].note == "error (RuntimeError: boom)"
+    assert results[1].ns_per_call is not None
