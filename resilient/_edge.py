@@ -1,0 +1,803 @@
+"""What the ASGI and WSGI middleware share: options, request ids, client keys, rate limits, bodies.
+
+Everything here is decided once, when a middleware is built: options are validated (errors
+name the field, the value and what is allowed), header names are encoded, per-route plans
+are compiled. The per-request helpers below allocate only what the request needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import math
+import re
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Generic, Literal, TypeVar
+
+import limits
+import limits.aio.strategies
+import limits.strategies
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from resilient._validate import check_int, check_seconds
+from resilient.instrumentation._hub import HUB
+from resilient.redaction import redact_text, redact_url
+
+__all__ = [
+    "UNSET",
+    "Edge",
+    "EdgeOptions",
+    "Limiter",
+    "RateDecision",
+    "RequestInfo",
+    "RouteOptions",
+    "RoutePlan",
+    "build_options",
+]
+
+# --- defaults and rules ------------------------------------------------------------------
+
+DEFAULT_REQUEST_ID_HEADER: Final = "X-Request-ID"
+DEFAULT_ALGORITHM: Final = "sliding-window"
+DEFAULT_STORAGE: Final = "memory://"
+#: Retry-After sent with a 503 when the in-flight limit sheds a request: the middleware cannot
+#: know when a slot frees up, and one second spreads retries without stalling clients.
+SHED_RETRY_AFTER: Final = 1
+#: Log fields longer than this are cut: a 64 KiB path must not make a 64 KiB log line.
+MAX_LOGGED_LENGTH: Final = 1024
+
+Algorithm = Literal["fixed-window", "sliding-window", "moving-window"]
+ALGORITHMS: Final[tuple[Algorithm, ...]] = ("fixed-window", "sliding-window", "moving-window")
+
+#: An accepted request id: 1 to 128 characters from a set that is safe in a header, a log
+#: line, a JSON string and a URL (no quote, backslash, space, CR or LF can ever pass).
+REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# RFC 9110 token characters: what a header name may contain.
+_HEADER_NAME_RE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# A route prefix: a path starting with "/", printable ASCII, no quote or backslash (it names a
+# rate-limit policy inside a structured header string).
+_ROUTE_PREFIX_RE: Final = re.compile(r"/[\x21\x23-\x5b\x5d-\x7e]*")
+
+
+class _Unset(enum.Enum):
+    """Marks a route option that inherits the middleware-wide value."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+# --- options -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteOptions:
+    """Overrides for requests whose path starts with a prefix (see `routes`).
+
+    A field left `UNSET` inherits the middleware-wide value; ``None`` switches the feature off
+    for the route. An override replaces the global setting, it does not stack: a route with
+    its own ``rate_limit`` counts in its own buckets, one with its own ``max_in_flight`` has
+    its own slots, and its requests no longer count against the global ones.
+    """
+
+    rate_limit: str | Literal[_Unset.UNSET] | None = UNSET
+    max_in_flight: int | Literal[_Unset.UNSET] | None = UNSET
+    max_in_flight_wait: float | Literal[_Unset.UNSET] = UNSET
+    timeout: float | Literal[_Unset.UNSET] | None = UNSET
+    max_body_size: int | Literal[_Unset.UNSET] | None = UNSET
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is not UNSET:
+            _check_rate_limit("RouteOptions.rate_limit", self.rate_limit)
+        if self.max_in_flight is not UNSET:
+            _check_optional_int("RouteOptions.max_in_flight", self.max_in_flight, minimum=1)
+        if self.max_in_flight_wait is not UNSET:
+            _set(self, "max_in_flight_wait", _check_wait("RouteOptions.max_in_flight_wait", self.max_in_flight_wait))
+        if self.timeout is not UNSET:
+            _set(self, "timeout", _check_optional_seconds("RouteOptions.timeout", self.timeout))
+        if self.max_body_size is not UNSET:
+            _check_optional_int("RouteOptions.max_body_size", self.max_body_size, minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a custom `rate_limit_key` function sees of a request (header names lower-case)."""
+
+    method: str
+    path: str
+    client: str
+    headers: Mapping[str, str]
+
+
+KeyFunction = Callable[[RequestInfo], "str | None"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeOptions:
+    """Every option of `ResilientMiddleware` and `ResilientWSGIMiddleware`, validated."""
+
+    request_id: bool = True
+    request_id_header: str = DEFAULT_REQUEST_ID_HEADER
+    tracing: bool = True
+    access_log: bool = True
+    rate_limit: str | None = None
+    rate_limit_key: KeyFunction | None = None
+    rate_limit_algorithm: Algorithm = DEFAULT_ALGORITHM
+    routes: Mapping[str, RouteOptions] = field(default_factory=dict)
+    legacy_ratelimit_headers: bool = True
+    ratelimit_headers_on_success: bool = False
+    max_in_flight: int | None = None
+    max_in_flight_wait: float = 0.0
+    timeout: float | None = None
+    honour_deadline_header: bool = True
+    max_body_size: int | None = None
+    error_shield: bool = True
+    trusted_proxies: Sequence[str] = ()
+    storage: str = DEFAULT_STORAGE
+
+    def __post_init__(self) -> None:
+        for flag in _BOOL_FIELDS:
+            _check_bool(flag, getattr(self, flag))
+        _check_header_name("request_id_header", self.request_id_header)
+        _check_rate_limit("rate_limit", self.rate_limit)
+        if self.rate_limit_key is not None and not callable(self.rate_limit_key):
+            raise TypeError(f"rate_limit_key must be a callable or None, got {self.rate_limit_key!r}")
+        if self.rate_limit_algorithm not in ALGORITHMS:
+            raise ValueError(f"rate_limit_algorithm must be one of {ALGORITHMS}, got {self.rate_limit_algorithm!r}")
+        _check_routes(self.routes)
+        _check_optional_int("max_in_flight", self.max_in_flight, minimum=1)
+        _set(self, "max_in_flight_wait", _check_wait("max_in_flight_wait", self.max_in_flight_wait))
+        _set(self, "timeout", _check_optional_seconds("timeout", self.timeout))
+        _check_optional_int("max_body_size", self.max_body_size, minimum=0)
+        _set(self, "trusted_proxies", tuple(str(net) for net in _parse_networks(self.trusted_proxies)))
+        _check_storage(self.storage)
+
+
+_BOOL_FIELDS: Final = (
+    "request_id",
+    "tracing",
+    "access_log",
+    "legacy_ratelimit_headers",
+    "ratelimit_headers_on_success",
+    "honour_deadline_header",
+    "error_shield",
+)
+_OPTION_NAMES: Final = tuple(sorted(f.name for f in fields(EdgeOptions)))
+
+
+def build_options(options: Mapping[str, Any]) -> EdgeOptions:
+    """Validate middleware keyword options; an unknown name is an error listing the known ones."""
+    unknown = sorted(set(options) - set(_OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"unknown middleware option {unknown[0]!r}; allowed: {', '.join(_OPTION_NAMES)}")
+    return EdgeOptions(**options)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    """Store a normalised value on a frozen dataclass during `__post_init__`."""
+    object.__setattr__(obj, name, value)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_header_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(f"{name} must be an HTTP header name (letters, digits, !#$%&'*+.^_`|~-), got {value!r}")
+
+
+def _check_rate_limit(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be limits notation such as '100/minute', or None, got {value!r}")
+    try:
+        items = limits.parse_many(value)
+    except ValueError:
+        items = []
+    if not items:
+        raise ValueError(f"{name} must be limits notation such as '100/minute' or '10/second;1000/hour', got {value!r}")
+
+
+def _check_optional_int(name: str, value: object, *, minimum: int) -> None:
+    if value is not None:
+        check_int(name, value, minimum=minimum)
+
+
+def _check_optional_seconds(name: str, value: object) -> float | None:
+    return None if value is None else check_seconds(name, value)
+
+
+def _check_wait(name: str, value: object) -> float:
+    return check_seconds(name, value, allow_zero=True)
+
+
+def _check_routes(routes: object) -> None:
+    if not isinstance(routes, Mapping):
+        raise TypeError(f"routes must be a mapping of path prefix to RouteOptions, got {routes!r}")
+    for prefix, route in routes.items():
+        if not isinstance(prefix, str) or not _ROUTE_PREFIX_RE.fullmatch(prefix):
+            raise ValueError(
+                f"routes keys must be path prefixes starting with '/' (printable ASCII, no quote or backslash), "
+                f"got {prefix!r}"
+            )
+        if not isinstance(route, RouteOptions):
+            raise TypeError(f"routes[{prefix!r}] must be a RouteOptions, got {route!r}")
+
+
+def _parse_networks(values: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"trusted_proxies must be a sequence of CIDR strings such as ['10.0.0.0/8'], got {values!r}")
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"trusted_proxies entries must be IP addresses or CIDR networks such as '10.0.0.0/8', got {value!r}"
+            ) from None
+    return networks
+
+
+def _check_storage(value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"storage must be a URI string such as 'memory://', got {value!r}")
+    scheme = value.removeprefix("async+").partition("://")[0]
+    if "://" not in value or not scheme:
+        raise ValueError(f"storage must be a URI such as 'memory://' or 'redis://host:6379/0', got {value!r}")
+
+
+# --- request ids -------------------------------------------------------------------------
+
+
+def accept_request_id(raw: bytes | str | None) -> str:
+    """The caller's request id when well-formed, else a fresh one (uuid4, 32 hex digits).
+
+    ASGI passes header bytes, WSGI latin-1 text; both are checked as bytes against
+    `REQUEST_ID_RE`, so CR, LF or any other byte outside the safe set can never be echoed.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1", "replace")  # "?" is outside the safe set: rejected below
+    if raw is not None and REQUEST_ID_RE.fullmatch(raw):
+        return raw.decode("ascii")
+    return uuid.uuid4().hex
+
+
+# --- client address behind trusted proxies ------------------------------------------------
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_ip(text: str) -> _Address | None:
+    """An IP address from a forwarded hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``), or None."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _forwarded_for(value: str) -> list[_Address | None]:
+    """The ``for=`` hops of an RFC 7239 ``Forwarded`` header, left to right (None: not an IP)."""
+    hops: list[_Address | None] = []
+    for element in value.split(","):
+        hop: _Address | None = None
+        for pair in element.split(";"):
+            name, _, token = pair.partition("=")
+            if name.strip().lower() == "for":
+                hop = _parse_ip(token)
+        hops.append(hop)
+    return hops
+
+
+def _x_forwarded_for(value: str) -> list[_Address | None]:
+    """The hops of an ``X-Forwarded-For`` header, left to right (None: not an IP)."""
+    return [_parse_ip(hop) for hop in value.split(",")]
+
+
+class ClientResolver:
+    """Finds the client address: the socket peer, or a forwarded hop when proxies are trusted.
+
+    Forwarded headers are read only when the socket peer is inside `trusted_proxies`. The
+    chain (``Forwarded`` when present, else ``X-Forwarded-For``) is then walked from the
+    right, skipping trusted proxies; the first untrusted hop is the client. An entry that is
+    not an IP address (``unknown``, an obfuscated name, garbage) stops the walk and the last
+    trusted hop is used: nothing a client wrote is ever taken as its key.
+    """
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, trusted: Sequence[str]) -> None:
+        self._networks: tuple[_Network, ...] = tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any proxy is trusted (else the peer is always the client)."""
+        return bool(self._networks)
+
+    def _trusted(self, address: _Address | None) -> bool:
+        return address is not None and any(address in network for network in self._networks)
+
+    def peer_is_trusted(self, peer: str) -> bool:
+        """Whether forwarded headers from this socket peer may be believed."""
+        return bool(self._networks) and self._trusted(_parse_ip(peer))
+
+    def resolve(self, peer: str, forwarded: str | None, x_forwarded_for: str | None) -> str:
+        """The client address for a request from a trusted `peer` carrying these headers."""
+        if forwarded:
+            hops = _forwarded_for(forwarded)
+        elif x_forwarded_for:
+            hops = _x_forwarded_for(x_forwarded_for)
+        else:
+            return peer
+        nearest = peer
+        for hop in reversed(hops):
+            if hop is None:
+                return nearest
+            nearest = str(hop)
+            if not self._trusted(hop):
+                return nearest
+        return nearest
+
+
+# --- rate limiting -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The state of the most constraining limit after a hit: what the headers report."""
+
+    admitted: bool
+    name: str
+    limit: int
+    remaining: int
+    reset_after: float
+
+
+_SYNC_STRATEGIES: Final[dict[str, type[limits.strategies.RateLimiter]]] = {
+    "fixed-window": limits.strategies.FixedWindowRateLimiter,
+    "sliding-window": limits.strategies.SlidingWindowCounterRateLimiter,
+    "moving-window": limits.strategies.MovingWindowRateLimiter,
+}
+_ASYNC_STRATEGIES: Final[dict[str, type[limits.aio.strategies.RateLimiter]]] = {
+    "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
+    "sliding-window": limits.aio.strategies.SlidingWindowCounterRateLimiter,
+    "moving-window": limits.aio.strategies.MovingWindowRateLimiter,
+}
+
+
+def _is_memory(uri: str) -> bool:
+    return uri.removeprefix("async+").startswith("memory://")
+
+
+class Storages:
+    """One `limits` storage per middleware, shared by every route's limiter.
+
+    In-process memory is used synchronously on both sides: it does no I/O, costs no await
+    and is not bound to an event loop. Any other storage is used through `limits.aio` on
+    the ASGI side (``async+`` scheme), so a network round trip never blocks the loop.
+    """
+
+    def __init__(self, uri: str, *, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous and not _is_memory(uri)
+        plain = uri.removeprefix("async+")
+        target = f"async+{plain}" if self.asynchronous else plain
+        try:
+            self.storage = storage_from_string(target)
+        except ConfigurationError as exc:
+            message = f"storage must be a URI that limits supports (memory://, redis://...), got {uri!r}: {exc}"
+            raise ValueError(message) from None
+
+
+class Limiter:
+    """One route's rate limit: its `limits` items, strategy and precomputed policy header."""
+
+    def __init__(self, limit: str, algorithm: Algorithm, storages: Storages, label: str) -> None:
+        self._items = limits.parse_many(limit)
+        self._names = [self._item_name(label, item) for item in self._items]
+        self._namespace = f"resilient.edge.{label}"
+        self.asynchronous = storages.asynchronous
+        if self.asynchronous:
+            self._async = _ASYNC_STRATEGIES[algorithm](storages.storage)
+        else:
+            self._sync = _SYNC_STRATEGIES[algorithm](storages.storage)
+        policies = zip(self._names, self._items, strict=True)
+        self.policy_header = ", ".join(
+            f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies
+        ).encode("ascii")
+
+    def _item_name(self, label: str, item: limits.RateLimitItem) -> str:
+        """The policy name in the headers: the label, suffixed by the window with several limits."""
+        if len(self._items) == 1:
+            return label
+        return f"{label}-{item.multiples}{item.GRANULARITY.name}"
+
+    def hit(self, key: str, *, want_state: bool) -> RateDecision | None:
+        """Count one request (sync storages): None when admitted and no state was asked for."""
+        for index, item in enumerate(self._items):
+            if not self._sync.hit(item, self._namespace, key):
+                return self._decision(index, self._sync.get_window_stats(item, self._namespace, key), admitted=False)
+        if not want_state:
+            return None
+        stats = [self._sync.get_window_stats(item, self._namespace, key) for item in self._items]
+        return self._tightest(stats)
+
+    async def ahit(self, key: str, *, want_state: bool) -> RateDecision | None:
+        """Count one request (async storages): None when admitted and no state was asked for."""
+        for index, item in enumerate(self._items):
+            if not await self._async.hit(item, self._namespace, key):
+                stats = await self._async.get_window_stats(item, self._namespace, key)
+                return self._decision(index, stats, admitted=False)
+        if not want_state:
+            return None
+        return self._tightest([await self._async.get_window_stats(item, self._namespace, key) for item in self._items])
+
+    def _tightest(self, stats: Sequence[tuple[float, int]]) -> RateDecision:
+        index = min(range(len(stats)), key=lambda i: stats[i][1])
+        return self._decision(index, stats[index], admitted=True)
+
+    def _decision(self, index: int, stats: tuple[float, int], *, admitted: bool) -> RateDecision:
+        reset_time, remaining = stats
+        item = self._items[index]
+        reset_after = max(reset_time - time.time(), 0.0)
+        return RateDecision(admitted, self._names[index], item.amount, max(remaining, 0), reset_after)
+
+
+def rate_limit_headers(decision: RateDecision, policy_header: bytes, *, legacy: bool) -> list[tuple[bytes, bytes]]:
+    """The IETF draft-11 ``RateLimit-Policy``/``RateLimit`` pair, the draft-06 trio, Retry-After.
+
+    ``t`` and ``RateLimit-Reset`` are whole seconds rounded up (a client waiting that long is
+    never early); ``Retry-After`` is sent on rejections only and is at least one second.
+    """
+    reset = math.ceil(decision.reset_after)
+    headers = [
+        (b"ratelimit-policy", policy_header),
+        (b"ratelimit", b'"%s";r=%d;t=%d' % (decision.name.encode("ascii"), decision.remaining, reset)),
+    ]
+    if legacy:
+        headers += [
+            (b"ratelimit-limit", b"%d" % decision.limit),
+            (b"ratelimit-remaining", b"%d" % decision.remaining),
+            (b"ratelimit-reset", b"%d" % reset),
+        ]
+    if not decision.admitted:
+        headers.append((b"retry-after", b"%d" % max(reset, 1)))
+    return headers
+
+
+# --- per-route plans ---------------------------------------------------------------------
+
+G = TypeVar("G")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan(Generic[G]):
+    """The effective protections for the requests of one route prefix (or the default)."""
+
+    label: str
+    limiter: Limiter | None
+    gate: G | None
+    timeout: float | None
+    max_body_size: int | None
+
+
+GateFactory = Callable[[int, float], G]
+
+
+def _route_value(route: RouteOptions, name: str, default: Any) -> Any:
+    value = getattr(route, name)
+    return default if value is UNSET else value
+
+
+class Router(Generic[G]):
+    """Picks the plan for a path: the longest matching route prefix, at a segment boundary.
+
+    ``"/api"`` matches ``/api`` and ``/api/users`` but not ``/apix``. Prefixes, not route
+    templates, because every protection here acts before the framework has routed the
+    request. Without routes, every request gets the default plan at no cost.
+    """
+
+    def __init__(self, options: EdgeOptions, storages: Storages, make_gate: GateFactory[G]) -> None:
+        default_limiter = self._limiter(options, options.rate_limit, storages, "default")
+        default_gate = make_gate(options.max_in_flight, options.max_in_flight_wait) if options.max_in_flight else None
+        self.default: RoutePlan[G] = RoutePlan(
+            "default", default_limiter, default_gate, options.timeout, options.max_body_size
+        )
+        prefixes = sorted(options.routes, key=len, reverse=True)
+        self._routes: tuple[tuple[str, str, RoutePlan[G]], ...] = tuple(
+            (prefix.rstrip("/"), prefix.rstrip("/") + "/", self._plan(prefix, options, storages, make_gate))
+            for prefix in prefixes
+        )
+
+    def _limiter(self, options: EdgeOptions, limit: str | None, storages: Storages, label: str) -> Limiter | None:
+        return None if limit is None else Limiter(limit, options.rate_limit_algorithm, storages, label)
+
+    def _plan(self, prefix: str, options: EdgeOptions, storages: Storages, make_gate: GateFactory[G]) -> RoutePlan[G]:
+        route = options.routes[prefix]
+        limiter = self.default.limiter
+        if route.rate_limit is not UNSET:
+            limiter = self._limiter(options, route.rate_limit, storages, prefix)
+        gate = self.default.gate
+        if route.max_in_flight is not UNSET or route.max_in_flight_wait is not UNSET:
+            size = _route_value(route, "max_in_flight", options.max_in_flight)
+            wait = _route_value(route, "max_in_flight_wait", options.max_in_flight_wait)
+            gate = make_gate(size, wait) if size else None
+        return RoutePlan(
+            prefix,
+            limiter,
+            gate,
+            _route_value(route, "timeout", options.timeout),
+            _route_value(route, "max_body_size", options.max_body_size),
+        )
+
+    def plan_for(self, path: str) -> RoutePlan[G]:
+        """The plan of the longest route prefix matching `path`, else the default plan."""
+        for exact, below, plan in self._routes:
+            if path == exact or path.startswith(below):
+                return plan
+        return self.default
+
+
+# --- what both middlewares compile -------------------------------------------------------
+
+
+class Edge(Generic[G]):
+    """Options compiled for one middleware instance (immutable after construction)."""
+
+    def __init__(self, options: EdgeOptions, make_gate: GateFactory[G], *, asynchronous: bool) -> None:
+        self.options = options
+        header = options.request_id_header.lower()
+        self.request_id_header = header.encode("latin-1") if options.request_id else None
+        self.request_id_environ = "HTTP_" + header.upper().replace("-", "_")
+        self.request_id_response_name = header.encode("latin-1")
+        self.clients = ClientResolver(options.trusted_proxies)
+        storages = Storages(options.storage, asynchronous=asynchronous)
+        self.router: Router[G] = Router(options, storages, make_gate)
+        self.key_function = options.rate_limit_key
+
+
+def effective_timeout(local: float | None, header_seconds: float | None) -> float | None:
+    """The request's budget: the local timeout, shortened (never lengthened) by the caller's."""
+    if header_seconds is None:
+        return local
+    return header_seconds if local is None else min(local, header_seconds)
+
+
+def content_length_verdict(value: bytes | str | None, limit: int) -> int | None:
+    """The status to answer before reading a body: 413 when declared too big, 400 when invalid."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        return 400
+    return 413 if int(text) > limit else None
+
+
+# --- error responses ---------------------------------------------------------------------
+
+#: Status -> (error code in the JSON body, reason phrase for a WSGI status line).
+ERRORS: Final[dict[int, tuple[str, str]]] = {
+    400: ("bad_request", "Bad Request"),
+    413: ("payload_too_large", "Content Too Large"),
+    429: ("rate_limited", "Too Many Requests"),
+    500: ("internal_error", "Internal Server Error"),
+    503: ("overloaded", "Service Unavailable"),
+    504: ("deadline_exceeded", "Gateway Timeout"),
+}
+#: Why the middleware answered itself, as the access log's ``rejection`` field.
+REJECTIONS: Final[dict[int, str]] = {status: code for status, (code, _) in ERRORS.items()}
+
+
+def error_body(status: int, request_id: str | None) -> bytes:
+    """A small JSON body: the error code and the request id, nothing about the failure itself.
+
+    The request id was validated against a charset without quotes or backslashes (or
+    generated), so it is placed in the JSON string as is.
+    """
+    code = ERRORS[status][0]
+    if request_id is None:
+        return b'{"error":"%s"}' % code.encode("ascii")
+    return b'{"error":"%s","request_id":"%s"}' % (code.encode("ascii"), request_id.encode("ascii"))
+
+
+def error_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The content headers of an error response."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+    ]
+
+
+# --- telemetry both middlewares share ----------------------------------------------------
+
+EVENT_ACCESS: Final = "http.access"
+EVENT_UNHANDLED: Final = "http.unhandled_error"
+#: The `policy` of the middleware's events (access log, unhandled errors, rejections).
+POLICY: Final = "http"
+
+
+def loggable(text: str) -> str:
+    """Text safe for a log line: undecodable bytes and control characters escaped, length cut."""
+    if not text.isprintable():
+        text = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        text = text.encode("unicode_escape").decode("ascii")
+    if len(text) > MAX_LOGGED_LENGTH:
+        return text[:MAX_LOGGED_LENGTH] + "..."
+    return text
+
+
+def display_target(path: str, query: str) -> str:
+    """The request target for logs and spans: path plus query, secret parameters masked."""
+    target = f"{path}?{query}" if query else path
+    return loggable(redact_url(target))
+
+
+_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def span_method(method: str) -> str:
+    """The semantic-convention method: known methods as they are, anything else ``_OTHER``."""
+    return method if method in _KNOWN_METHODS else "_OTHER"
+
+
+def host_without_port(host: str) -> str:
+    """``example.com:8080`` -> ``example.com``; ``[::1]:80`` -> ``[::1]``."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.partition(":")[0]
+
+
+def extract_parent(carrier: Mapping[str, str]) -> otel_context.Context:
+    """The caller's trace context through the app's propagator; a broken header starts a new trace."""
+    try:
+        return propagate.extract(carrier)
+    except Exception:
+        return otel_context.Context()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanStart:
+    """What the SERVER span of a request is started with (HTTP semantic conventions)."""
+
+    method: str
+    path: str
+    scheme: str
+    client: str
+    protocol: str
+    user_agent: str | None
+    host: str | None
+    request_id: str | None
+
+    def attributes(self) -> dict[str, Any]:
+        """The span's start attributes; optional ones only when known."""
+        attributes: dict[str, Any] = {
+            "http.request.method": span_method(self.method),
+            "url.path": loggable(self.path),
+            "url.scheme": self.scheme,
+            "client.address": self.client,
+            "network.protocol.version": self.protocol,
+        }
+        if span_method(self.method) == "_OTHER":
+            attributes["http.request.method_original"] = loggable(self.method)
+        if self.user_agent is not None:
+            attributes["user_agent.original"] = loggable(self.user_agent)
+        if self.host:
+            attributes["server.address"] = loggable(host_without_port(self.host))
+        if self.request_id is not None:
+            attributes["resilient.request_id"] = self.request_id
+        return attributes
+
+
+def start_server_span(tracer: Tracer, start: SpanStart, carrier: Mapping[str, str]) -> tuple[Span, Token[Any]]:
+    """Start the SERVER span (named after the method until the route is known) and make it current."""
+    parent = extract_parent(carrier)
+    method = span_method(start.method)
+    name = "HTTP" if method == "_OTHER" else method
+    span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=start.attributes())
+    return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def end_server_span(span: Span, method: str, route: str | None, status: int) -> None:
+    """Name the span ``METHOD route`` when the route is known, record the status, end it."""
+    if route is not None:
+        known = span_method(method)
+        span.update_name(f"{'HTTP' if known == '_OTHER' else known} {route}")
+        span.set_attribute("http.route", route)
+    if status:
+        span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_attribute("error.type", str(status))
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def report_unhandled(exc: BaseException, request_id: str | None, span: Span | None) -> None:
+    """The full exception to the log (the hub redacts it) and the span (redacted here)."""
+    HUB.emit(EVENT_UNHANDLED, POLICY, logging.ERROR, error=exc, request_id=request_id)
+    if span is not None:
+        stack = "".join(traceback.format_exception(exc))
+        span.record_exception(
+            exc,
+            attributes={"exception.message": redact_text(str(exc)), "exception.stacktrace": redact_text(stack)},
+        )
+
+
+def access_level(status: int, rejection: str | None) -> int:
+    """INFO below 500; WARNING for the middleware's own 503/504 (load it chose to shed); ERROR else."""
+    if status < 500:
+        return logging.INFO
+    if rejection in {"overloaded", "deadline_exceeded"}:
+        return logging.WARNING
+    return logging.ERROR
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRecord:
+    """One access-log line's raw material; turned into fields only when someone listens."""
+
+    method: str
+    path: str
+    query: str
+    route: str | None
+    status: int
+    duration: float
+    sent: int
+    client: str
+    request_id: str | None
+    user_agent: str
+    rejection: str | None
+
+
+def access_wanted(status: int, rejection: str | None) -> bool:
+    """Whether an access-log line at this status would reach a log or a listener."""
+    return bool(HUB.listeners) or HUB.logger.is_enabled_for(access_level(status, rejection))
+
+
+def log_access(record: AccessRecord) -> None:
+    """Emit the ``http.access`` event: one structured line per request."""
+    fields: dict[str, Any] = {
+        "method": loggable(record.method),
+        "path": display_target(record.path, record.query),
+        "route": record.route,
+        "status": record.status,
+        "duration_ms": round(record.duration * 1000, 3),
+        "bytes": record.sent,
+        "client": record.client,
+        "request_id": record.request_id,
+        "user_agent": loggable(record.user_agent),
+    }
+    if record.rejection is not None:
+        fields["rejection"] = record.rejection
+    HUB.emit(EVENT_ACCESS, POLICY, access_level(record.status, record.rejection), **fields)
+
+
+def emit_rejection(status: int, route: str, **fields: Any) -> None:
+    """Count a protection at work (metrics, listeners; a DEBUG log line) beside the access log."""
+    HUB.emit(_REJECTION_EVENTS[status], POLICY, logging.DEBUG, route=route, **fields)
+
+
+# The core's event names, so the built-in metrics count the middleware's rejections too.
+_REJECTION_EVENTS: Final = {429: "ratelimit.rejected", 503: "bulkhead.rejected", 504: "timeout.exceeded"}
