@@ -182,9 +182,18 @@ class BreakerRuntime:
         self._slow = config.slow_call_duration
         self.timed = self._slow is not None
         self._failures = 0
+        #: False while a success needs no bookkeeping (closed, no failures counted, nothing
+        #: listening): the pipeline then skips `on_success` entirely.
+        self.reports_success = True
+        self._refresh_reports()
         # Join the stored state instead of overwriting it (pybreaker#26).
         self.state: str = _STATES.get(self._pb.current_state, CLOSED)
         self._opened_at = self._opened_monotonic()
+
+    def _refresh_reports(self) -> None:
+        self.reports_success = (
+            self._window is not None or self._slow is not None or bool(self._pb._listeners) or self._failures > 0
+        )
 
     def _opened_monotonic(self) -> float:
         opened = self._storage.opened_at
@@ -247,9 +256,10 @@ class BreakerRuntime:
             with self._lock:
                 self._failures = 0
                 self._storage.reset_counter()
+                self._refresh_reports()
         if transition is not None:
             self._notify(transition, label)
-        for listener in self._pb.listeners:
+        for listener in self._pb._listeners:
             _call_listener(listener.success, self._pb)
 
     def on_failure(self, error: BaseException, *, probe: bool, label: str) -> None:
@@ -288,6 +298,7 @@ class BreakerRuntime:
             tripped = window.calls >= self.config.minimum_calls and window.failures >= self._rate * window.calls
         else:
             self._failures += 1
+            self.reports_success = True
             tripped = self._failures >= self._pb.fail_max
         return self._move_needs_lock(OPEN, now) if tripped else None
 
@@ -302,6 +313,7 @@ class BreakerRuntime:
         elif new is CLOSED:
             storage.reset_counter()
             self._failures = 0
+            self._refresh_reports()
             if self._window is not None:
                 self._window.clear()
         else:

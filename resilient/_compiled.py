@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from resilient._breaker import breaker_for
 from resilient._bulkhead import BulkheadRuntime
 from resilient._fallback import FallbackRuntime
+from resilient._pipeline import (
+    admit_async,
+    admit_sync,
+    attempt_async,
+    attempt_sync,
+    deadline_async,
+    deadline_sync,
+    retry_async,
+    retry_sync,
+)
 from resilient._ratelimit import LimiterRuntime
 from resilient._retry import RetryRuntime
 from resilient._timeout import ThreadRunner
@@ -21,11 +32,16 @@ if TYPE_CHECKING:
 
 __all__ = ["CompiledPolicy"]
 
+Layer = Callable[..., Any]
+
 
 class CompiledPolicy:
     """Everything a call needs, precomputed; shared by every call of the policy."""
 
     __slots__ = (
+        "async_after_admit",
+        "async_after_deadline",
+        "async_entry",
         "attempt_timeout",
         "bounded_async",
         "bounded_sync",
@@ -35,6 +51,9 @@ class CompiledPolicy:
         "limiter",
         "retry",
         "runner",
+        "sync_after_admit",
+        "sync_after_deadline",
+        "sync_entry",
         "total_timeout",
     )
 
@@ -60,3 +79,18 @@ class CompiledPolicy:
         self.limiter = LimiterRuntime(rate_limit) if rate_limit else None
         self.bulkhead = BulkheadRuntime(bulkhead) if bulkhead else None
         self.fallback = FallbackRuntime(fallback) if fallback else None
+        self._link_layers()
+
+    def _link_layers(self) -> None:
+        """Point each layer at the next configured one, so absent layers cost no call."""
+        after_deadline: tuple[Layer, Layer] = (
+            (retry_sync, retry_async) if self.retry is not None else (attempt_sync, attempt_async)
+        )
+        after_admit: tuple[Layer, Layer] = (
+            (deadline_sync, deadline_async) if self.total_timeout is not None else after_deadline
+        )
+        admits = self.limiter is not None or self.bulkhead is not None
+        entry: tuple[Layer, Layer] = (admit_sync, admit_async) if admits else after_admit
+        self.sync_after_deadline, self.async_after_deadline = after_deadline
+        self.sync_after_admit, self.async_after_admit = after_admit
+        self.sync_entry, self.async_entry = entry

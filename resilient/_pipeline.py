@@ -5,6 +5,11 @@ Order, outer to inner: telemetry, fallback, rate limit, bulkhead, total timeout,
 a layer the policy leaves out costs one `is None` test. Both drivers call the same
 non-blocking decisions on the compiled strategies and differ only in `await`, the sleep,
 the bulkhead wait and the timeout primitive.
+
+Each layer has the same signature and hands over to the next *configured* layer through
+a pointer chosen at compile time (`CompiledPolicy.sync_after_admit`, ...), so a layer the
+policy leaves out costs nothing, not even a function call. The retry layer always calls
+the attempt layer; the deadline is read from its context variable where it is needed.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import opentelemetry.metrics._internal as _metrics_state
+import opentelemetry.trace as _trace_state
+
 from resilient._clock import CLOCK
 from resilient._errors import DeadlineExceededError
-from resilient._retry import RetryCall
+from resilient._retry import RetryCall, RetryRuntime
 from resilient._timeout import EVENT_EXCEEDED
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB, outcome_of
@@ -29,7 +37,18 @@ if TYPE_CHECKING:
     from resilient._ratelimit import LimiterRuntime
     from resilient.instrumentation._otel import CallObservation
 
-__all__ = ["run_async", "run_sync"]
+__all__ = [
+    "admit_async",
+    "admit_sync",
+    "attempt_async",
+    "attempt_sync",
+    "deadline_async",
+    "deadline_sync",
+    "retry_async",
+    "retry_sync",
+    "run_async",
+    "run_sync",
+]
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
@@ -40,11 +59,11 @@ Kwargs = dict[str, Any]
 
 def run_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
     """Run `fn(*args, **kwargs)` under the policy, in the caller's thread."""
-    obs = HUB.begin_call(label)
+    obs = None if _telemetry_idle() else HUB.begin_call(label)
     if obs is None and cp.fallback is None:
-        return _admit_sync(cp, label, fn, args, kwargs, None)
+        return cp.sync_entry(cp, label, fn, args, kwargs, None)
     try:
-        result = _admit_sync(cp, label, fn, args, kwargs, obs)
+        result = cp.sync_entry(cp, label, fn, args, kwargs, obs)
     except Exception as error:
         fallback = cp.fallback
         if fallback is None or not fallback.handles(error):
@@ -64,11 +83,11 @@ async def run_async(
     cp: CompiledPolicy, label: str, fn: Callable[..., Awaitable[Any]], args: Args, kwargs: Kwargs
 ) -> Any:
     """Await `fn(*args, **kwargs)` under the policy; timeouts cancel it for real."""
-    obs = HUB.begin_call(label)
+    obs = None if _telemetry_idle() else HUB.begin_call(label)
     if obs is None and cp.fallback is None:
-        return await _admit_async(cp, label, fn, args, kwargs, None)
+        return await cp.async_entry(cp, label, fn, args, kwargs, None)
     try:
-        result = await _admit_async(cp, label, fn, args, kwargs, obs)
+        result = await cp.async_entry(cp, label, fn, args, kwargs, obs)
     except Exception as error:
         fallback = cp.fallback
         if fallback is None or not fallback.handles(error):
@@ -84,6 +103,18 @@ async def run_async(
         raise
     _end(cp, obs, None, "success")
     return result
+
+
+_OTEL = HUB.otel
+
+
+def _telemetry_idle() -> bool:
+    """No tracer, no meter, and the global providers unchanged: skip telemetry (one frame)."""
+    return (
+        _OTEL.idle
+        and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
+        and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
+    )
 
 
 def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException | None, outcome: str | None) -> None:
@@ -103,26 +134,27 @@ def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException |
 # ---------------------------------------------------------------- rate limit + bulkhead
 
 
-def _admit_sync(
+def admit_sync(
     cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
 ) -> Any:
     limiter = cp.limiter
     if limiter is not None:
-        key = limiter.key_of(args, kwargs)
+        key = limiter.key_of(args, kwargs) if limiter.keyed else ""
         wait = limiter.try_acquire(key)
         while wait:
             wait = _wait_for_rate_slot_sync(limiter, key, wait, label)
     bulkhead = cp.bulkhead
     if bulkhead is None:
-        return _deadline_sync(cp, label, fn, args, kwargs, obs)
-    bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
+        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs)
+    if not bulkhead.try_acquire():
+        bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
     try:
-        return _deadline_sync(cp, label, fn, args, kwargs, obs)
+        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs)
     finally:
         bulkhead.release()
 
 
-async def _admit_async(
+async def admit_async(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
@@ -132,16 +164,17 @@ async def _admit_async(
 ) -> Any:
     limiter = cp.limiter
     if limiter is not None:
-        key = limiter.key_of(args, kwargs)
+        key = limiter.key_of(args, kwargs) if limiter.keyed else ""
         wait = limiter.try_acquire(key)
         while wait:
             wait = await _wait_for_rate_slot_async(limiter, key, wait, label)
     bulkhead = cp.bulkhead
     if bulkhead is None:
-        return await _deadline_async(cp, label, fn, args, kwargs, obs)
-    await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)
+        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs)
+    if not bulkhead.try_acquire():
+        await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)
     try:
-        return await _deadline_async(cp, label, fn, args, kwargs, obs)
+        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs)
     finally:
         bulkhead.release()
 
@@ -179,24 +212,21 @@ def _clamp_wait(wait: float) -> float:
 # ---------------------------------------------------------------- total timeout (deadline)
 
 
-def _deadline_sync(
+def deadline_sync(
     cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
 ) -> Any:
-    total = cp.total_timeout
+    deadline = CLOCK.monotonic() + cp.total_timeout  # type: ignore[operator]
     inherited = _DEADLINE.get()
-    if total is None:
-        return _retry_sync(cp, label, fn, args, kwargs, inherited, obs)
-    deadline = CLOCK.monotonic() + total
     if inherited is not None and inherited < deadline:
         deadline = inherited
     token = _DEADLINE.set(deadline)
     try:
-        return _retry_sync(cp, label, fn, args, kwargs, deadline, obs)
+        return cp.sync_after_deadline(cp, label, fn, args, kwargs, obs)
     finally:
         _DEADLINE.reset(token)
 
 
-async def _deadline_async(
+async def deadline_async(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
@@ -204,16 +234,13 @@ async def _deadline_async(
     kwargs: Kwargs,
     obs: CallObservation | None,
 ) -> Any:
-    total = cp.total_timeout
+    deadline = CLOCK.monotonic() + cp.total_timeout  # type: ignore[operator]
     inherited = _DEADLINE.get()
-    if total is None:
-        return await _retry_async(cp, label, fn, args, kwargs, inherited, obs)
-    deadline = CLOCK.monotonic() + total
     if inherited is not None and inherited < deadline:
         deadline = inherited
     token = _DEADLINE.set(deadline)
     try:
-        return await _retry_async(cp, label, fn, args, kwargs, deadline, obs)
+        return await cp.async_after_deadline(cp, label, fn, args, kwargs, obs)
     finally:
         _DEADLINE.reset(token)
 
@@ -221,31 +248,28 @@ async def _deadline_async(
 # ---------------------------------------------------------------- retry and its budget
 
 
-def _retry_sync(  # noqa: C901 - one loop, both outcomes; splitting it costs a frame per attempt
+def retry_sync(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Any],
     args: Args,
     kwargs: Kwargs,
-    deadline: float | None,
     obs: CallObservation | None,
 ) -> Any:
-    retry = cp.retry
-    if retry is None:
-        return _attempt_sync(cp, label, fn, args, kwargs, deadline, obs)
+    retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(CLOCK.monotonic())
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = _attempt_sync(cp, label, fn, args, kwargs, deadline, obs)
+            result = attempt_sync(cp, label, fn, args, kwargs, obs)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
             if not retry.is_retryable(error, call):
                 raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), deadline, label)
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:
                 raise
         else:
@@ -255,38 +279,35 @@ def _retry_sync(  # noqa: C901 - one loop, both outcomes; splitting it costs a f
             call.record(attempt, None, result)
             if not retry.is_retryable_result(result, call):
                 return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), deadline, label)
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:
                 return result
         CLOCK.sleep(delay)
         attempt += 1
 
 
-async def _retry_async(  # noqa: C901 - twin of _retry_sync
+async def retry_async(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
     kwargs: Kwargs,
-    deadline: float | None,
     obs: CallObservation | None,
 ) -> Any:
-    retry = cp.retry
-    if retry is None:
-        return await _attempt_async(cp, label, fn, args, kwargs, deadline, obs)
+    retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(CLOCK.monotonic())
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = await _attempt_async(cp, label, fn, args, kwargs, deadline, obs)
+            result = await attempt_async(cp, label, fn, args, kwargs, obs)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
             if not retry.is_retryable(error, call):
                 raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), deadline, label)
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:
                 raise
         else:
@@ -296,7 +317,7 @@ async def _retry_async(  # noqa: C901 - twin of _retry_sync
             call.record(attempt, None, result)
             if not retry.is_retryable_result(result, call):
                 return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), deadline, label)
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:
                 return result
         await CLOCK.asleep(delay)
@@ -306,13 +327,12 @@ async def _retry_async(  # noqa: C901 - twin of _retry_sync
 # ---------------------------------------------------------------- breaker + attempt timeout
 
 
-def _attempt_sync(
+def attempt_sync(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Any],
     args: Args,
     kwargs: Kwargs,
-    deadline: float | None,
     obs: CallObservation | None,
 ) -> Any:
     breaker = cp.breaker
@@ -322,7 +342,7 @@ def _attempt_sync(
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = CLOCK.monotonic() if timed else 0.0
     try:
-        result = _bounded_sync(cp, label, fn, args, kwargs, deadline) if cp.bounded_sync else fn(*args, **kwargs)
+        result = _bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
     except Exception as error:
         if obs is not None:
             obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
@@ -336,18 +356,17 @@ def _attempt_sync(
     duration = CLOCK.monotonic() - start if timed else 0.0
     if obs is not None:
         obs.attempt_finished(duration, ok=True)
-    if breaker is not None:
+    if breaker is not None and (probe or breaker.reports_success):
         breaker.on_success(probe=probe, duration=duration, label=label)
     return result
 
 
-async def _attempt_async(
+async def attempt_async(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
     kwargs: Kwargs,
-    deadline: float | None,
     obs: CallObservation | None,
 ) -> Any:
     breaker = cp.breaker
@@ -358,7 +377,7 @@ async def _attempt_async(
     start = CLOCK.monotonic() if timed else 0.0
     try:
         if cp.bounded_async:
-            result = await _bounded_async(cp, label, fn, args, kwargs, deadline)
+            result = await _bounded_async(cp, label, fn, args, kwargs)
         else:
             result = await fn(*args, **kwargs)
     except Exception as error:
@@ -374,7 +393,7 @@ async def _attempt_async(
     duration = CLOCK.monotonic() - start if timed else 0.0
     if obs is not None:
         obs.attempt_finished(duration, ok=True)
-    if breaker is not None:
+    if breaker is not None and (probe or breaker.reports_success):
         breaker.on_success(probe=probe, duration=duration, label=label)
     return result
 
@@ -390,9 +409,8 @@ def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | 
     return own, "attempt", limit or 0.0
 
 
-def _bounded_sync(
-    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, deadline: float | None
-) -> Any:
+def _bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+    deadline = _DEADLINE.get()
     end, scope, seconds = _attempt_bound(cp, deadline)
     if end is None:
         return fn(*args, **kwargs)
@@ -421,8 +439,8 @@ async def _bounded_async(
     fn: Callable[..., Awaitable[Any]],
     args: Args,
     kwargs: Kwargs,
-    deadline: float | None,
 ) -> Any:
+    deadline = _DEADLINE.get()
     end, scope, seconds = _attempt_bound(cp, deadline)
     if end is None:
         return await fn(*args, **kwargs)

@@ -46,6 +46,7 @@ def configure(*, traces: bool | None = None, metrics: bool | None = None, logs: 
         HUB.otel.metrics_enabled = metrics
     if logs is not None:
         HUB.logger.enabled = logs
+    HUB.otel._refresh_idle()
 
 
 Event.__module__ = "resilient.instrumentation"

@@ -56,6 +56,8 @@ class Hub:
     def begin_call(self, label: str) -> CallObservation | None:
         """Start observing a call, or None when there is no tracer and no meter (fast path)."""
         otel = self.otel
+        if otel.idle and otel.providers_unchanged():
+            return None
         tracer = otel.tracer()
         metrics = otel.metrics()
         if tracer is None and metrics is None:

@@ -177,6 +177,20 @@ class Otel:
         self._metrics: Metrics | None = None
         self.tracing_enabled = True
         self.metrics_enabled = True
+        #: True when, for the providers last seen, there is no tracer and no meter to feed.
+        self.idle = True
+
+    def providers_unchanged(self) -> bool:
+        """Are the global providers still the ones `idle` was computed for? (two reads)"""
+        return (
+            _trace_state._TRACER_PROVIDER is self._tracer_provider
+            and _metrics_state._METER_PROVIDER is self._meter_provider
+        )
+
+    def _refresh_idle(self) -> None:
+        self.idle = (self._tracer is None or not self.tracing_enabled) and (
+            self._metrics is None or not self.metrics_enabled
+        )
 
     def tracer(self) -> Tracer | None:
         """The library's tracer, or None when no SDK provider is installed (or disabled)."""
@@ -185,6 +199,7 @@ class Otel:
             self._tracer_provider = provider
             real = provider is not None and not isinstance(provider, NoOpTracerProvider)
             self._tracer = provider.get_tracer("resilient", __version__) if real else None  # type: ignore[union-attr]
+            self._refresh_idle()
         return self._tracer if self.tracing_enabled else None
 
     def metrics(self) -> Metrics | None:
@@ -198,6 +213,7 @@ class Otel:
                 if real
                 else None
             )
+            self._refresh_idle()
         return self._metrics if self.metrics_enabled else None
 
     def add_span_event(self, event: Event) -> None:
