@@ -141,8 +141,8 @@ def admit_sync(
     if limiter is not None:
         key = limiter.key_of(args, kwargs) if limiter.keyed else ""
         wait = limiter.try_acquire(key)
-        while wait:
-            wait = _wait_for_rate_slot_sync(limiter, key, wait, label)
+        if wait:
+            _wait_for_rate_slot_sync(limiter, key, wait, label)
     bulkhead = cp.bulkhead
     if bulkhead is None:
         return cp.sync_after_admit(cp, label, fn, args, kwargs, obs)
@@ -166,8 +166,8 @@ async def admit_async(
     if limiter is not None:
         key = limiter.key_of(args, kwargs) if limiter.keyed else ""
         wait = limiter.try_acquire(key)
-        while wait:
-            wait = await _wait_for_rate_slot_async(limiter, key, wait, label)
+        if wait:
+            await _wait_for_rate_slot_async(limiter, key, wait, label)
     bulkhead = cp.bulkhead
     if bulkhead is None:
         return await cp.async_after_admit(cp, label, fn, args, kwargs, obs)
@@ -179,27 +179,25 @@ async def admit_async(
         bulkhead.release()
 
 
-def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, label: str) -> float:
-    """Sleep until the limiter expects a free slot, if `max_wait` and the deadline allow."""
-    if wait > limiter.wait_budget(_DEADLINE.get()):
-        raise limiter.reject(key, wait, label)
-    CLOCK.sleep(wait)
-    return _retry_rate_slot(limiter, key, label)
+def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
+    """Sleep until a slot frees up; `max_wait` (clamped to the deadline) bounds the whole wait."""
+    budget = limiter.wait_budget(_DEADLINE.get())
+    while wait:
+        if wait > budget:
+            raise limiter.reject(key, wait, label)
+        CLOCK.sleep(wait)
+        budget -= wait
+        wait = limiter.try_acquire(key)
 
 
-async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: float, label: str) -> float:
-    if wait > limiter.wait_budget(_DEADLINE.get()):
-        raise limiter.reject(key, wait, label)
-    await CLOCK.asleep(wait)
-    return _retry_rate_slot(limiter, key, label)
-
-
-def _retry_rate_slot(limiter: LimiterRuntime, key: str, label: str) -> float:
-    """After one wait, try once more; a second miss is a rejection (no unbounded loops)."""
-    wait = limiter.try_acquire(key)
-    if wait and (CLOCK.skip_waits or wait > limiter.wait_budget(_DEADLINE.get())):
-        raise limiter.reject(key, wait, label)
-    return wait
+async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
+    budget = limiter.wait_budget(_DEADLINE.get())
+    while wait:
+        if wait > budget:
+            raise limiter.reject(key, wait, label)
+        await CLOCK.asleep(wait)
+        budget -= wait
+        wait = limiter.try_acquire(key)
 
 
 def _clamp_wait(wait: float) -> float:

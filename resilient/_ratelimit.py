@@ -11,6 +11,7 @@ expire (swept once the key table grows), so per-key state cannot grow without bo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -63,8 +64,10 @@ class RateLimit:
                 "rate_limit.limit must be limits notation such as '100/second' or "
                 f"'10/second;1000/hour', got {self.limit!r}"
             ) from None
-        if not items:
-            raise ValueError(f"rate_limit.limit must name at least one limit, got {self.limit!r}")
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError(
+                f"rate_limit.limit must allow at least 1 call per window, e.g. '100/second', got {self.limit!r}"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"rate_limit.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.key is not None and not callable(self.key):
@@ -231,14 +234,14 @@ class LimiterRuntime:
             if windows is None:
                 windows = self._new_key_needs_lock(key, now)
             if self._single:
-                return windows[0].admit(now)
-            wait = 0.0
-            for window in windows:
-                wait = max(wait, window.check(now))
-            if wait == 0.0:
-                for window in windows:
-                    window.commit(now)
-            return wait
+                wait = windows[0].admit(now)
+            else:
+                wait = max(window.check(now) for window in windows)
+                if not wait:
+                    for window in windows:
+                        window.commit(now)
+        # Round up to the microsecond: float error must never make "wait retry_after" too short.
+        return math.ceil(wait * 1e6) / 1e6 if wait else 0.0
 
     def _new_key_needs_lock(self, key: str, now: float) -> list[_Window]:
         if len(self._keys) >= self._max_keys:
