@@ -1,0 +1,660 @@
+"""Safeguards at the edge of a WSGI service (Flask, Django, Falcon), for threaded servers.
+
+One line mounts them all::
+
+    from resilient.wsgi import ResilientWSGIMiddleware
+
+    app.wsgi_app = ResilientWSGIMiddleware(app.wsgi_app, rate_limit="100/minute", timeout=10.0)  # Flask
+
+The options and the behaviour are those of `resilient.asgi.ResilientMiddleware`, with one
+difference imposed by WSGI: a worker thread cannot be interrupted. The deadline is
+cooperative (see `ResilientWSGIMiddleware`).
+
+Each request runs in its own copy of the thread's context (`contextvars.copy_context`):
+the request id, the deadline and the span are set there, for the app call and for every
+step of its response iterable, and vanish with it; nothing leaks into the next request the
+worker thread serves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from resilient import deadline
+from resilient._context import REQUEST_ID
+from resilient._edge import (
+    ERRORS,
+    REJECTIONS,
+    SHED_RETRY_AFTER,
+    AccessRecord,
+    Edge,
+    RequestInfo,
+    RouteOptions,
+    RoutePlan,
+    SpanStart,
+    accept_request_id,
+    access_wanted,
+    build_options,
+    content_length_verdict,
+    effective_timeout,
+    emit_rejection,
+    end_server_span,
+    error_body,
+    error_headers,
+    log_access,
+    rate_limit_headers,
+    report_unhandled,
+    start_server_span,
+)
+from resilient._errors import DeadlineExceededError
+from resilient.instrumentation._hub import HUB
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["ResilientWSGIMiddleware", "RouteOptions"]
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+Write = Callable[[bytes], object]
+StartResponse = Callable[..., Write]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+_StrHeaders = list[tuple[str, str]]
+
+_DEADLINE_ENVIRON: Final = "HTTP_" + deadline.HEADER.upper().replace("-", "_")
+_SHED_HEADERS: Final = [("Retry-After", str(SHED_RETRY_AFTER))]
+_STATUS_LINES: Final = {status: f"{status} {reason}" for status, (_, reason) in ERRORS.items()}
+
+
+class _BodyTooLargeError(Exception):
+    """Raised inside the app by the wrapped ``wsgi.input`` once the body passes the limit."""
+
+
+class _SyncGate:
+    """The in-flight limit of one plan: a semaphore, waited on for at most `wait` seconds."""
+
+    __slots__ = ("_semaphore", "_wait")
+
+    def __init__(self, size: int, wait: float) -> None:
+        self._semaphore = threading.BoundedSemaphore(size)
+        self._wait = wait
+
+    def acquire(self) -> bool:
+        """Take a slot: True when admitted, False when the wait ran out (or was zero)."""
+        if self._wait <= 0:
+            return self._semaphore.acquire(blocking=False)
+        return self._semaphore.acquire(timeout=self._wait)
+
+    def release(self) -> None:
+        """Give the slot back."""
+        self._semaphore.release()
+
+
+class _LimitedInput:
+    """``wsgi.input`` for a body of unknown length: counts bytes, raises past the limit.
+
+    Every read asks the server for at most one byte more than the limit allows, so a huge
+    or endless chunked body is never buffered before it is found too large.
+    """
+
+    def __init__(self, stream: Any, limit: int, ex: _Exchange) -> None:
+        self._stream = stream
+        self._left = limit
+        self._ex = ex
+
+    def _bounded(self, size: int | None) -> int:
+        allowed = self._left + 1
+        return allowed if size is None or size < 0 else min(size, allowed)
+
+    def _account(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            self._ex.body_too_large = True
+            raise _BodyTooLargeError
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read up to `size` bytes (all when negative), raising once past the limit."""
+        if size is None or size < 0:
+            return self._account(self._read_to_end())
+        return self._account(self._stream.read(self._bounded(size)))
+
+    def _read_to_end(self) -> bytes:
+        """Read until the end of the body, or until one byte past the limit."""
+        chunks: list[bytes] = []
+        total = 0
+        while total <= self._left:
+            chunk = self._stream.read(self._left + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """Read one line (at most `size` bytes), raising once past the limit."""
+        return self._account(self._stream.readline(self._bounded(size)))
+
+    def readlines(self, _hint: int = -1) -> list[bytes]:
+        """Read the remaining lines, raising once past the limit."""
+        return list(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class _Exchange:
+    """One request's state: the app's deferred status and headers, and what went out."""
+
+    __slots__ = (
+        "_start_response",
+        "app_headers",
+        "app_status",
+        "body_too_large",
+        "client",
+        "complete",
+        "deadline",
+        "ended",
+        "environ",
+        "rejection",
+        "request_id",
+        "response_headers",
+        "route",
+        "route_label",
+        "sent",
+        "sent_bytes",
+        "span",
+        "status",
+        "write",
+    )
+
+    def __init__(
+        self, environ: Environ, start_response: StartResponse, request_id: str | None, headers: _StrHeaders
+    ) -> None:
+        self.environ = environ
+        self.route: str | None = None
+        self._start_response = start_response
+        self.request_id = request_id
+        self.response_headers = headers
+        self.app_status: str | None = None
+        self.app_headers: _StrHeaders = []
+        self.status = 0
+        self.sent = self.complete = self.body_too_large = False
+        self.sent_bytes = 0
+        self.deadline: float | None = None
+        self.ended: float | None = None
+        self.rejection: str | None = None
+        self.client: str | None = None
+        self.span: Span | None = None
+        self.route_label = "default"
+        self.write: Write | None = None
+
+    def start_response(self, status: str, headers: _StrHeaders, exc_info: ExcInfo | None = None) -> Write:
+        """The app's `start_response`: recorded, passed on only when the body starts (PEP 3333)."""
+        if exc_info is not None and self.sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.app_status = status
+        self.app_headers = headers
+        # Flask clears ``werkzeug.request`` when its request context ends, after this call.
+        self.route = _route_of(self.environ)
+        return self._legacy_write
+
+    def _legacy_write(self, data: bytes) -> None:
+        """The imperative ``write`` some old apps use: it starts the response at once."""
+        if not self.sent:
+            self.send_app_start()
+        if self.write is not None:
+            self.sent_bytes += len(data)
+            self.write(data)
+
+    def replacement(self) -> int | None:
+        """A status that must replace the app's response before it starts: 413, 504, or None."""
+        if self.body_too_large:
+            return 413
+        if self.deadline_passed():
+            return 504
+        return None
+
+    def send_app_start(self) -> None:
+        """Pass the app's status and headers (plus ours) to the server."""
+        if self.app_status is None:
+            raise RuntimeError("the WSGI application did not call start_response")
+        self.status = _status_code(self.app_status)
+        self.sent = True
+        self.write = self._start_response(self.app_status, [*self.app_headers, *self.response_headers])
+
+    def reject(self, status: int, extra: _StrHeaders | None = None) -> bytes:
+        """Start our own error response and return its body."""
+        body = error_body(status, self.request_id)
+        content = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in error_headers(body)]
+        self.rejection = self.rejection or REJECTIONS[status]
+        self.status = status
+        self.sent = True
+        self.write = self._start_response(_STATUS_LINES[status], [*content, *self.response_headers, *(extra or ())])
+        self.sent_bytes = len(body)
+        return body
+
+    def deadline_passed(self) -> bool:
+        """Whether this request's deadline (if any) has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def _status_code(status: str) -> int:
+    head = status[:3]
+    return int(head) if head.isdigit() else 0
+
+
+class _Response:
+    """The iterable handed to the server: the app's body, or our error body, then the finish.
+
+    Every step runs in the request's context. The app's status and headers reach the server
+    with its first chunk (or at the end of an empty body), so until then the response can
+    still be replaced by a 413, 504 or 500.
+    """
+
+    def __init__(self, middleware: ResilientWSGIMiddleware, state: _RequestState) -> None:
+        self._middleware = middleware
+        self._state = state
+        self._own: bytes | None = None
+        self._iterator: Iterator[bytes] | None = None
+        self._app_iterable: Iterable[bytes] | None = None
+
+    def serve_own(self, body: bytes) -> _Response:
+        """Make this response deliver our error body."""
+        self._own = body
+        return self
+
+    def serve_app(self, iterable: Iterable[bytes]) -> _Response:
+        """Make this response deliver the app's iterable."""
+        self._app_iterable = iterable
+        self._iterator = iter(iterable)
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._state.context.run(self._next)
+
+    def _next(self) -> bytes:
+        if self._own is not None:
+            body, self._own = self._own, None
+            return body
+        if self._iterator is None:
+            self._done()
+            raise StopIteration
+        if self._state.ex.sent:
+            return self._next_streaming(self._iterator)
+        return self._first(self._iterator)
+
+    def _first(self, iterator: Iterator[bytes]) -> bytes:
+        """The first chunk: decide whether the app's response goes out or is replaced."""
+        ex = self._state.ex
+        try:
+            chunk: bytes | None = next(iterator)
+        except StopIteration:
+            chunk = None
+        except Exception as exc:
+            return self._fail_before_start(exc)
+        status = ex.replacement()
+        if status is not None:
+            return self._replace(status)
+        try:
+            ex.send_app_start()
+        except Exception as exc:
+            return self._fail_before_start(exc)
+        if chunk is None:
+            self._done()
+            raise StopIteration
+        ex.sent_bytes += len(chunk)
+        return chunk
+
+    def _next_streaming(self, iterator: Iterator[bytes]) -> bytes:
+        """A later chunk: the stream is cut (the server closes the connection) past the deadline."""
+        ex = self._state.ex
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            self._done()
+            raise
+        except Exception as exc:
+            self._state.failed_after_start(exc)
+            raise
+        if ex.deadline_passed():
+            timeout = self._state.timeout or 0.0
+            error = DeadlineExceededError(timeout, scope="total")
+            self._state.failed_after_start(error)
+            raise error
+        ex.sent_bytes += len(chunk)
+        return chunk
+
+    def _replace(self, status: int) -> bytes:
+        """Drop the app's response for our own (413 or 504); the app's iterable is closed."""
+        self._close_app()
+        if status == 504:
+            emit_rejection(504, self._state.ex.route_label)
+        return self._serve_error(status)
+
+    def _fail_before_start(self, exc: Exception) -> bytes:
+        self._close_app()
+        status = self._middleware.failure_status(exc, self._state)
+        if status is None:
+            self._done()
+            raise exc
+        return self._serve_error(status)
+
+    def _serve_error(self, status: int) -> bytes:
+        self._iterator = None
+        return self._state.ex.reject(status)
+
+    def _close_app(self) -> None:
+        iterable, self._app_iterable, self._iterator = self._app_iterable, None, None
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
+
+    def _done(self) -> None:
+        ex = self._state.ex
+        if not ex.complete:
+            ex.complete = True
+            ex.ended = time.perf_counter()
+        self._state.finish()
+
+    def close(self) -> None:
+        """Close the app's iterable and finish the request (idempotent)."""
+        self._state.context.run(self._close)
+
+    def _close(self) -> None:
+        try:
+            self._close_app()
+        finally:
+            self._state.finish()
+
+
+class _RequestState:
+    """Everything one request needs after `__call__` returned: context, exchange, plan, span."""
+
+    __slots__ = ("context", "environ", "ex", "finished", "gate", "middleware", "plan", "started", "timeout")
+
+    def __init__(self, middleware: ResilientWSGIMiddleware, environ: Environ, ex: _Exchange) -> None:
+        self.middleware = middleware
+        self.environ = environ
+        self.ex = ex
+        self.context = contextvars.copy_context()
+        self.started = time.perf_counter()
+        self.finished = False
+        self.gate: _SyncGate | None = None
+        self.plan: RoutePlan[_SyncGate] | None = None
+        self.timeout: float | None = None
+
+    def failed_after_start(self, exc: Exception) -> None:
+        """An error once the response went out: logged; the server drops the connection."""
+        if not isinstance(exc, DeadlineExceededError):
+            self.ex.rejection = REJECTIONS[500]
+            report_unhandled(exc, self.ex.request_id, self.ex.span)
+        self.finish()
+
+    def finish(self) -> None:
+        """Release the slot, end the span, write the access log: once, however the request ended."""
+        if self.finished:
+            return
+        self.finished = True
+        gate, self.gate = self.gate, None
+        try:
+            self.middleware.finish(self)
+        finally:
+            if gate is not None:
+                gate.release()
+
+
+class ResilientWSGIMiddleware:
+    """WSGI middleware adding request ids, spans, access logs, rate and load limits, deadlines.
+
+    Options and responses are those of `resilient.asgi.ResilientMiddleware`.
+
+    **Deadline (``timeout``, and the caller's deadline header).** A WSGI worker thread
+    cannot be interrupted, so the deadline is cooperative:
+
+    - it is published to the handler through `resilient.deadline` (``remaining()``), so
+      nested ``@resilient`` calls and httpx transports clamp their timeouts and fail fast
+      once it has passed;
+    - when the handler hands back its response after the deadline (the status and headers
+      have not gone out yet), the response is discarded (its iterable closed) and the
+      client gets ``504``; the thread has been busy until then: the 504 comes no earlier
+      than the handler returns;
+    - when the deadline passes while a streamed body is being sent, the stream is cut at
+      the next chunk and the server closes the connection;
+    - a caller's budget that is already spent on arrival is answered ``504`` without calling
+      the app.
+
+    The in-flight slot is held until the response is complete (or closed), so a slow
+    handler keeps counting against ``max_in_flight``: the limit bounds busy threads.
+    """
+
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        self.app = app
+        self.options = build_options(options)
+        self._edge: Edge[_SyncGate] = Edge(self.options, _SyncGate, asynchronous=False)
+        self._response_id_name = self.options.request_id_header
+        self._on_success = self.options.ratelimit_headers_on_success
+        self._legacy = self.options.legacy_ratelimit_headers
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        request_id = self._request_id_of(environ)
+        headers = [] if request_id is None else [(self._response_id_name, request_id)]
+        state = _RequestState(self, environ, _Exchange(environ, start_response, request_id, headers))
+        return state.context.run(self._handle, state)
+
+    def _request_id_of(self, environ: Environ) -> str | None:
+        if not self.options.request_id:
+            return None
+        return accept_request_id(environ.get(self._edge.request_id_environ))
+
+    # --- inside the request's context --------------------------------------------------------
+
+    def _handle(self, state: _RequestState) -> Iterable[bytes]:
+        """Bind the request context, check admission, call the app: all under the shield."""
+        ex = state.ex
+        if ex.request_id is not None:
+            REQUEST_ID.set(ex.request_id)
+            structlog.contextvars.bind_contextvars(request_id=ex.request_id)
+        self._start_span(state)
+        response = _Response(self, state)
+        try:
+            return self._protect(state, response)
+        except Exception as exc:
+            status = self.failure_status(exc, state)
+            if status is None:
+                state.finish()
+                raise
+            return response.serve_own(ex.reject(status))
+
+    def _protect(self, state: _RequestState, response: _Response) -> Iterable[bytes]:
+        environ, ex = state.environ, state.ex
+        plan = self._edge.router.plan_for(environ.get("PATH_INFO", ""))
+        state.plan = plan
+        ex.route_label = plan.label
+        rejection = self._rejected(environ, plan, ex)
+        if rejection is not None:
+            return response.serve_own(rejection)
+        gate = plan.gate
+        if gate is not None:
+            if not gate.acquire():
+                emit_rejection(503, plan.label)
+                return response.serve_own(ex.reject(503, _SHED_HEADERS))
+            state.gate = gate
+        if not self._enter_deadline(state, plan):
+            emit_rejection(504, plan.label)
+            return response.serve_own(ex.reject(504))
+        return response.serve_app(self.app(environ, ex.start_response))
+
+    def _rejected(self, environ: Environ, plan: RoutePlan[_SyncGate], ex: _Exchange) -> bytes | None:
+        """Our response body when the request is refused before the app (400, 413, 429)."""
+        limit = plan.max_body_size
+        if limit is not None:
+            declared = environ.get("CONTENT_LENGTH") or None
+            verdict = content_length_verdict(declared, limit)
+            if verdict is not None:
+                return ex.reject(verdict)
+            if declared is None:
+                environ["wsgi.input"] = _LimitedInput(environ.get("wsgi.input"), limit, ex)
+        limiter = plan.limiter
+        if limiter is None:
+            return None
+        decision = limiter.hit(self._rate_key(environ, ex), want_state=self._on_success)
+        if decision is None:
+            return None
+        limit_headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in rate_limit_headers(decision, limiter.policy_header, legacy=self._legacy)
+        ]
+        if decision.admitted:
+            ex.response_headers = [*ex.response_headers, *limit_headers]
+            return None
+        emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
+        return ex.reject(429, limit_headers)
+
+    def _enter_deadline(self, state: _RequestState, plan: RoutePlan[_SyncGate]) -> bool:
+        """Publish the request's deadline in its context; False when the budget is already spent."""
+        timeout = plan.timeout
+        if self.options.honour_deadline_header:
+            timeout = effective_timeout(timeout, deadline.parse_header(state.environ.get(_DEADLINE_ENVIRON)))
+        if timeout is None:
+            return True
+        state.timeout = timeout
+        instant = time.monotonic() + timeout
+        outer = deadline.current()
+        if outer is not None and outer < instant:
+            instant = outer
+        # Set directly rather than through `deadline.scope`: this context is the request's own
+        # copy, discarded with it, so there is nothing to restore (and a generator-based scope
+        # left open across the response iterable would be closed by the garbage collector in
+        # another context).
+        deadline._DEADLINE.set(instant)
+        state.ex.deadline = instant
+        return timeout > 0
+
+    def _rate_key(self, environ: Environ, ex: _Exchange) -> str:
+        client = self._client(environ, ex)
+        key_function = self._edge.key_function
+        if key_function is None:
+            return client
+        info = RequestInfo(environ.get("REQUEST_METHOD", ""), _path_of(environ), client, _headers_of(environ))
+        key = key_function(info)
+        return client if key is None else str(key)
+
+    def _client(self, environ: Environ, ex: _Exchange) -> str:
+        """The client address (the socket peer, or a forwarded hop from a trusted proxy)."""
+        if ex.client is not None:
+            return ex.client
+        peer = str(environ.get("REMOTE_ADDR") or "unknown")
+        clients = self._edge.clients
+        if clients.enabled and clients.peer_is_trusted(peer):
+            peer = clients.resolve(peer, environ.get("HTTP_FORWARDED"), environ.get("HTTP_X_FORWARDED_FOR"))
+        ex.client = peer
+        return peer
+
+    # --- failures ----------------------------------------------------------------------------
+
+    def failure_status(self, exc: Exception, state: _RequestState) -> int | None:
+        """Our status for a failure before the response started; None: re-raise it untouched."""
+        ex = state.ex
+        if isinstance(exc, TimeoutError) and ex.deadline_passed():
+            emit_rejection(504, ex.route_label)
+            return 504
+        if isinstance(exc, _BodyTooLargeError) or ex.body_too_large:
+            return 413
+        ex.rejection = REJECTIONS[500]
+        report_unhandled(exc, ex.request_id, ex.span)
+        if not self.options.error_shield:
+            ex.status = 500  # what the server will answer; for the access log
+            return None
+        return 500
+
+    # --- tracing and the access log ----------------------------------------------------------
+
+    def _start_span(self, state: _RequestState) -> None:
+        tracer = HUB.otel.tracer() if self.options.tracing else None
+        if tracer is None:
+            return
+        environ, ex = state.environ, state.ex
+        start = SpanStart(
+            method=environ.get("REQUEST_METHOD", ""),
+            path=_path_of(environ),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            client=self._client(environ, ex),
+            protocol=str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).removeprefix("HTTP/"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
+            request_id=ex.request_id,
+        )
+        ex.span, _ = start_server_span(tracer, start, _headers_of(environ))
+        # The token is never detached: the context it was attached in is the request's own.
+
+    def finish(self, state: _RequestState) -> None:
+        """End the span, then write the access-log line (the span still current: trace ids join)."""
+        environ, ex = state.environ, state.ex
+        route = ex.route
+        if ex.span is not None:
+            end_server_span(ex.span, environ.get("REQUEST_METHOD", ""), route, ex.status)
+        if self.options.access_log and access_wanted(ex.status, ex.rejection):
+            log_access(
+                AccessRecord(
+                    method=environ.get("REQUEST_METHOD", ""),
+                    path=_path_of(environ),
+                    query=environ.get("QUERY_STRING", ""),
+                    route=route,
+                    status=ex.status,
+                    duration=(ex.ended or time.perf_counter()) - state.started,
+                    sent=ex.sent_bytes,
+                    client=self._client(environ, ex),
+                    request_id=ex.request_id,
+                    user_agent=environ.get("HTTP_USER_AGENT", ""),
+                    rejection=ex.rejection,
+                )
+            )
+
+
+# --- environ helpers -----------------------------------------------------------------------
+
+
+def _path_of(environ: Environ) -> str:
+    """The request path as the client sent it (WSGI carries bytes as latin-1 text)."""
+    raw = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    try:
+        return raw.encode("latin-1").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return raw
+
+
+def _headers_of(environ: Environ) -> dict[str, str]:
+    """The request headers, lower-case names, from the ``HTTP_*`` and content keys."""
+    headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items() if key.startswith("HTTP_")}
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        if environ.get(key):
+            headers[name] = environ[key]
+    return headers
+
+
+def _route_of(environ: Environ) -> str | None:
+    """The matched rule of a Werkzeug-based app (Flask), found through ``werkzeug.request``.
+
+    Read when the app calls ``start_response``: Flask resets the key when its request
+    context ends, before the middleware gets control back.
+    """
+    request = environ.get("werkzeug.request")
+    rule = getattr(getattr(request, "url_rule", None), "rule", None)
+    return rule if isinstance(rule, str) else None
