@@ -446,17 +446,30 @@ async def _bounded_async(
     if remaining <= 0:
         raise _exceeded(label, scope, seconds)
     token = _DEADLINE.set(end) if end != deadline else None
-    timer = asyncio.timeout(remaining)
+    # asyncio.timeout() semantics (cancel the task, tell our cancellation from anyone
+    # else's by the task's cancel count) at about half its cost: one timer handle, no
+    # async context manager, no state machine.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    fired = [False]
+    cancelling = task.cancelling() if task is not None else 0
+    timer = loop.call_at(loop.time() + remaining, _expire, task, fired)
     try:
-        async with timer:
-            return await fn(*args, **kwargs)
-    except TimeoutError:
-        if timer.expired():
+        return await fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        if fired[0] and task is not None and task.uncancel() <= cancelling:
             raise _exceeded(label, scope, seconds) from None
         raise
     finally:
+        timer.cancel()
         if token is not None:
             _DEADLINE.reset(token)
+
+
+def _expire(task: asyncio.Task[Any] | None, fired: list[bool]) -> None:
+    fired[0] = True
+    if task is not None:
+        task.cancel()
 
 
 def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:

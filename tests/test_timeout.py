@@ -236,3 +236,32 @@ def test_deadline_scope_rejects_bad_seconds(bad: float) -> None:
     """A negative or NaN deadline is a programming error, reported at once."""
     with pytest.raises(ValueError, match="deadline seconds"), deadline.scope(bad):
         pass
+
+
+async def test_an_outside_cancellation_is_not_turned_into_a_timeout() -> None:
+    """Cancelling the caller's task propagates CancelledError, never DeadlineExceededError."""
+    entered = asyncio.Event()
+
+    @resilient(timeout=5.0, retry=quick(3, on=Exception))
+    async def hang() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(hang())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_timeout_inside_asyncio_timeout_is_ours_and_the_outer_still_works() -> None:
+    """Our deadline fires first inside a longer asyncio.timeout; the outer is unaffected."""
+
+    @resilient(timeout=0.02)
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(5):
+        with pytest.raises(DeadlineExceededError):
+            await hang()
+        await asyncio.sleep(0)  # no stray cancellation is left pending on the task
