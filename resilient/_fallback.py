@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from resilient._errors import BulkheadFullError, CircuitOpenError, RateLimitedError
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["EVENT_USED", "Fallback", "FallbackRuntime"]
@@ -42,12 +41,15 @@ class Fallback:
     @property
     def is_async(self) -> bool:
         """Whether the handler must be awaited (only allowed on async functions)."""
-        return inspect.iscoroutinefunction(self.handler)
+        handler = self.handler
+        if inspect.iscoroutinefunction(handler):
+            return True
+        # An instance whose __call__ is a coroutine function is an async handler too.
+        call = getattr(type(handler), "__call__", None)
+        return not inspect.isroutine(handler) and not isinstance(handler, type) and inspect.iscoroutinefunction(call)
 
 
 Fallback.__module__ = "resilient"
-
-_REJECTIONS = {CircuitOpenError: "circuit_open", RateLimitedError: "rate_limited", BulkheadFullError: "bulkhead_full"}
 
 
 class FallbackRuntime:

@@ -142,8 +142,7 @@ class Policy:
         )
 
     def __repr__(self) -> str:
-        layers = ", ".join(f"{name}={value!r}" for name, value in self.describe().items() if name != "name")
-        return f"Policy(name={self.name!r}, {layers})"
+        return "Policy(" + ", ".join(f"{name}={value!r}" for name, value in self.describe().items()) + ")"
 
     def describe(self) -> dict[str, Any]:
         """The configured layers, outer to inner (absent layers left out)."""
@@ -168,6 +167,8 @@ class Policy:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a sync callable once under this policy."""
+        if self.fallback is not None and self.fallback.is_async:
+            raise TypeError(f"fallback handler {self.fallback.handler!r} is async: use `await policy.call_async(...)`")
         return run_sync(self._compiled, self.name or _label(fn), fn, args, kwargs)  # type: ignore[no-any-return]
 
     async def call_async(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -201,6 +202,7 @@ def _decorate(policy: Policy, fn: Any) -> Any:
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             return await run_async(compiled, label, fn, args, kwargs)
 
+        async_wrapper.__resilient_policy__ = policy  # type: ignore[attr-defined]
         return functools.wraps(fn)(async_wrapper)
     if policy.fallback is not None and policy.fallback.is_async:
         raise TypeError(f"fallback handler {policy.fallback.handler!r} is async but {label!r} is a sync function")
@@ -208,6 +210,7 @@ def _decorate(policy: Policy, fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return run_sync(compiled, label, fn, args, kwargs)
 
+    wrapper.__resilient_policy__ = policy  # type: ignore[attr-defined]
     return functools.wraps(fn)(wrapper)
 
 

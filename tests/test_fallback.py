@@ -129,7 +129,6 @@ async def test_async_handler_on_async_function() -> None:
     assert await fetch() == "async ConnectionError"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an object with `async def __call__` is not awaited (_fallback.py)")
 async def test_async_callable_object_handler_is_awaited() -> None:
     """A handler object whose __call__ is async is awaited like an async function."""
 
@@ -297,7 +296,6 @@ def test_sync_function_with_async_handler_is_rejected_at_decoration() -> None:
         policy(fetch)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Policy.call returns an async handler's coroutine (_policy.py)")
 def test_policy_call_with_async_handler_is_rejected() -> None:
     """Policy.call (a sync run) with an async fallback handler raises TypeError, like the decorator."""
 

@@ -381,7 +381,6 @@ def test_describe_full_order() -> None:
     assert list(policy.describe())[1:] == ["fallback", "rate_limit", "bulkhead", "timeout", "retry", "breaker"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: testing.describe rejects a decorated function (testing/__init__.py)")
 def test_testing_describe_accepts_a_decorated_function() -> None:
     """`testing.describe` takes a function decorated by a policy, as its docstring says."""
 
@@ -398,7 +397,6 @@ def test_repr_shows_name_and_layers() -> None:
     assert text == f"Policy(name='payments', timeout={Timeout(total=2.0)!r}, retry={Retry(attempts=3)!r})"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: repr of a layer-less policy ends in ', )' (_policy.py)")
 def test_repr_of_an_empty_policy() -> None:
     """`repr(Policy())` is a clean `Policy(name=None)`."""
     assert repr(Policy()) == "Policy(name=None)"

@@ -93,6 +93,7 @@ def describe(policy: Any) -> dict[str, Any]:
     """The layers of a `Policy` (or a function decorated by one), outer to inner."""
     from resilient._policy import Policy  # noqa: PLC0415 - avoid a cycle at import time
 
+    policy = getattr(policy, "__resilient_policy__", policy)
     if isinstance(policy, Policy):
         return policy.describe()
     raise TypeError(f"describe() takes a Policy, got {policy!r}")
