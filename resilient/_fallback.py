@@ -45,7 +45,7 @@ class Fallback:
         if inspect.iscoroutinefunction(handler):
             return True
         # An instance whose __call__ is a coroutine function is an async handler too.
-        call = getattr(type(handler), "__call__", None)
+        call = type(handler).__dict__.get("__call__") or getattr(type(handler), "__call__", None)  # noqa: B004
         return not inspect.isroutine(handler) and not isinstance(handler, type) and inspect.iscoroutinefunction(call)
 
 

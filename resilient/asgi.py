@@ -222,7 +222,7 @@ class ResilientMiddleware:
     ``error_shield``, ``trusted_proxies``, ``storage``.
     """
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
         self._edge: Edge[_AsyncGate] = Edge(self.options, _AsyncGate, asynchronous=True)

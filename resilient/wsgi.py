@@ -444,7 +444,7 @@ class ResilientWSGIMiddleware:
     handler keeps counting against ``max_in_flight``: the limit bounds busy threads.
     """
 
-    def __init__(self, app: WSGIApp, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
         self._edge: Edge[_SyncGate] = Edge(self.options, _SyncGate, asynchronous=False)

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -29,7 +29,7 @@ from resilient import instrumentation
 from resilient.asgi import ResilientMiddleware
 from resilient.wsgi import ResilientWSGIMiddleware
 
-SECRET = "hunter2-very-secret"
+SECRET = "hunter2-very-secret"  # noqa: S105 - the secret that must never leak
 MAX_BODY = 1000
 OPTIONS: dict[str, Any] = {"max_body_size": MAX_BODY, "trusted_proxies": ["10.0.0.0/8"]}
 UNTRUSTED_PEER = "203.0.113.9"
@@ -117,11 +117,11 @@ def call_asgi(app: Starlette, probe: Probe) -> Reply:
     messages.append({"type": "http.request", "body": b"", "more_body": False})
     sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     asyncio.run(app(scope, receive, send))
     start = next(message for message in sent if message["type"] == "http.response.start")
