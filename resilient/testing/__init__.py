@@ -21,9 +21,13 @@ from typing import Any
 
 from resilient._breaker import _REGISTRY, forget_breakers, reset_breakers
 from resilient._clock import CLOCK
+from resilient.testing._upstream import Fault, FaultyUpstream, ReceivedRequest
 
 __all__ = [
     "FakeClock",
+    "Fault",
+    "FaultyUpstream",
+    "ReceivedRequest",
     "breaker_state",
     "describe",
     "fake_clock",
