@@ -6,7 +6,6 @@ application installs an SDK provider nothing is created, no span object, no metr
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import opentelemetry.metrics._internal as _metrics_state
@@ -50,18 +49,11 @@ class Metrics:
         self.calls: Counter = meter.create_counter(
             "resilient.calls", unit="{call}", description="Protected calls by outcome"
         )
-        self.attempts: Counter = meter.create_counter(
-            "resilient.attempts", unit="{attempt}", description="Attempts made (first try + retries)"
-        )
         self.retries: Counter = meter.create_counter(
             "resilient.retries", unit="{retry}", description="Retries scheduled"
         )
-        self.call_duration: Histogram = meter.create_histogram(
-            "resilient.call.duration",
-            unit="s",
-            description="Duration of a protected call, all attempts and backoff included",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        # One histogram per attempt; its count *is* the attempt count (by outcome), so no
+        # separate counter: with an SDK every instrument call costs microseconds.
         self.attempt_duration: Histogram = meter.create_histogram(
             "resilient.attempt.duration",
             unit="s",
@@ -111,13 +103,12 @@ class Metrics:
 class CallObservation:
     """One protected call as seen by telemetry: its span (if tracing) and its timings."""
 
-    __slots__ = ("_metrics", "_start", "_token", "attempts", "label", "span")
+    __slots__ = ("_metrics", "_token", "attempts", "label", "span")
 
     def __init__(self, label: str, tracer: Tracer | None, metrics: Metrics | None) -> None:
         self.label = label
         self.attempts = 0
         self._metrics = metrics
-        self._start = time.monotonic()
         self.span: Span | None = None
         self._token: object | None = None
         if tracer is not None:
@@ -130,9 +121,7 @@ class CallObservation:
         self.attempts += 1
         metrics = self._metrics
         if metrics is not None:
-            attrs = {"resilient.policy": self.label, "resilient.outcome": "success" if ok else "failure"}
-            metrics.attempts.add(1, attrs)
-            metrics.attempt_duration.record(duration, attrs)
+            metrics.attempt_duration.record(duration, _attempt_attributes(self.label, ok=ok))
 
     def end(self, outcome: str, error: BaseException | None, extra: dict[str, Any]) -> None:
         """Close the span and count the call under its outcome."""
@@ -141,10 +130,7 @@ class CallObservation:
             attrs["error.type"] = _error_type(error)
         span = self.span
         if span is not None:
-            span.set_attributes(attrs)
-            span.set_attribute("resilient.attempts", self.attempts)
-            if extra:
-                span.set_attributes(extra)
+            span.set_attributes({**attrs, **extra, "resilient.attempts": self.attempts})
             if error is not None and outcome != "fallback":
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, attrs["error.type"]))
@@ -156,7 +142,21 @@ class CallObservation:
             if "resilient.rejection" in extra:
                 attrs["resilient.rejection"] = extra["resilient.rejection"]
             metrics.calls.add(1, attrs)
-            metrics.call_duration.record(time.monotonic() - self._start, attrs)
+
+
+_ATTEMPT_ATTRIBUTES: dict[tuple[str, bool], dict[str, Any]] = {}
+
+
+def _attempt_attributes(label: str, *, ok: bool) -> dict[str, Any]:
+    """The attribute dict of an attempt, built once per (policy, outcome)."""
+    key = (label, ok)
+    attrs = _ATTEMPT_ATTRIBUTES.get(key)
+    if attrs is None:
+        if len(_ATTEMPT_ATTRIBUTES) > 10_000:  # labels are code locations; bound it anyway
+            _ATTEMPT_ATTRIBUTES.clear()
+        attrs = {"resilient.policy": label, "resilient.outcome": "success" if ok else "failure"}
+        _ATTEMPT_ATTRIBUTES[key] = attrs
+    return attrs
 
 
 def _error_type(error: BaseException) -> str:
