@@ -21,6 +21,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import httpx
+import structlog
 import tenacity
 from httpx._multipart import MultipartStream
 from opentelemetry import context as otel_context
@@ -509,8 +510,9 @@ class Exchange:
         self.origin = host.origin if host is not None else ""
         self.attempts = 0
         self.pending: httpx.Response | None = None
-        self.timeout: dict[str, float | None] | None = request.extensions.get("timeout")
-        self.deadline_header = HEADER not in request.headers
+        # Read only when a deadline is active (first clamped attempt): most requests have none.
+        self.timeout: dict[str, float | None] | None = None
+        self.deadline_header: bool | None = None
         self.span: trace.Span | None = None
         self.token: object | None = None
         self.obs: CallObservation | None = None
@@ -643,8 +645,8 @@ class Engine:
             self._end(exchange, "cancelled", None)
 
     def _log(self, exchange: Exchange, level: int, error: BaseException | None, status: int | None) -> None:
-        if not (HUB.logger.is_enabled_for(level) or HUB.listeners or exchange.span is not None):
-            return
+        if not (_log_enabled(level) or HUB.listeners):
+            return  # the span already carries every field: no event just for it
         request = exchange.request
         HUB.emit(
             EVENT_REQUEST,
@@ -673,6 +675,41 @@ class Engine:
             exchange.obs.end(outcome, error, extra)
 
 
+# structlog wrapper class -> lowest level it lets through (a filtering class filters, others do not).
+_STRUCTLOG_LEVELS: dict[type, int] = {}
+
+
+def _log_enabled(level: int) -> bool:
+    """Would an event at `level` be logged? Cheap enough for a DEBUG line on every request.
+
+    `HUB.logger.is_enabled_for` answers True whenever structlog is configured (the app's
+    filtering decides), and building a filtered-out event costs ~20 µs; so ask the app's
+    structlog wrapper class, once per class, for the level it filters at.
+    """
+    logger = HUB.logger
+    if not logger.enabled:
+        return False
+    if not structlog.is_configured():
+        return logger.stdlib.isEnabledFor(level)
+    wrapper = structlog.get_config()["wrapper_class"]
+    floor = _STRUCTLOG_LEVELS.get(wrapper)
+    if floor is None:
+        floor = _STRUCTLOG_LEVELS[wrapper] = _structlog_floor(wrapper)
+    return level >= floor
+
+
+def _structlog_floor(wrapper: type) -> int:
+    """The level below which `wrapper` drops events (0 when it cannot tell: then log)."""
+    get_level = getattr(wrapper, "get_effective_level", None)
+    if get_level is None:
+        return logging.NOTSET
+    try:
+        # structlog's filtering classes answer from their class, without logger state.
+        return int(get_level(object.__new__(wrapper)))
+    except Exception:
+        return logging.NOTSET
+
+
 def _retry_after_of(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     return parse_retry_after(value) if value is not None else None
@@ -683,6 +720,9 @@ def _fit_into_deadline(exchange: Exchange, remaining: float, label: str) -> None
     if remaining <= 0:
         raise DeadlineExceededError(0.0, scope="inherited", policy=label)
     request = exchange.request
+    if exchange.deadline_header is None:  # first clamped attempt: remember what the caller set
+        exchange.timeout = request.extensions.get("timeout")
+        exchange.deadline_header = HEADER not in request.headers
     base = exchange.timeout
     if base is not None:
         request.extensions["timeout"] = {
@@ -697,11 +737,13 @@ def _fit_into_deadline(exchange: Exchange, remaining: float, label: str) -> None
 def _propagate(request: httpx.Request, span: trace.Span | None) -> None:
     """Add trace context (the app's propagator) and the request id, never replacing the caller's headers."""
     headers = request.headers
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
-    for name, value in carrier.items():
-        if name not in headers:
-            headers[name] = value
+    context = trace.set_span_in_context(span) if span is not None else otel_context.get_current()
+    if context:  # an empty context (no span, no baggage) has nothing to propagate: skip the 2 µs
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=context)
+        for name, value in carrier.items():
+            if name not in headers:
+                headers[name] = value
     request_id = REQUEST_ID.get()
     if request_id is not None and REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request_id
