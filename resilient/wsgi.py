@@ -18,6 +18,7 @@ worker thread serves.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -382,6 +383,14 @@ class _Response:
             self._close_app()
         finally:
             self._state.finish()
+
+    def __del__(self) -> None:
+        # PEP 3333 servers always close() the iterable; test clients that drop an unread
+        # response do not. Finishing here keeps such a response from holding its in-flight
+        # slot forever (CPython collects it as soon as it is dropped).
+        if not self._state.finished:
+            with contextlib.suppress(Exception):
+                self._state.context.run(self._close)
 
 
 class _RequestState:
