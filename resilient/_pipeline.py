@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 
+from resilient._breaker import CLOSED
 from resilient._clock import CLOCK
 from resilient._errors import DeadlineExceededError
 from resilient._retry import RetryCall, RetryRuntime
@@ -126,8 +127,10 @@ def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException |
         outcome = outcome or classified
         if reason is not None:
             extra["resilient.rejection" if classified == "rejected" else "resilient.failure"] = reason
-    if cp.breaker is not None:
-        extra["resilient.breaker.state"] = cp.breaker.state
+    breaker = cp.breaker
+    if breaker is not None and (error is not None or breaker.state is not CLOSED):
+        # Closed is implied on a success; with an SDK every span attribute costs ~0.5 µs.
+        extra["resilient.breaker.state"] = breaker.state
     obs.end(outcome or "success", error, extra)
 
 
