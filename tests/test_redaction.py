@@ -430,28 +430,37 @@ def test_named_tuple_is_rebuilt_as_a_plain_tuple() -> None:
     assert redact_value("login", value) == ("bob", "password=***")
 
 
+def _best_time(text: str) -> float:
+    """The fastest of three redactions of `text` (the minimum is the least noisy estimate)."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        redact_text(text)
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
 @pytest.mark.parametrize(
-    "hostile",
+    ("unit", "tail"),
     [
-        "password=" * 5000,
-        "a=" * 25000,
-        "x." * 25000 + "://",
-        "eyJ" + "a." * 20000,
-        "-----BEGIN PRIVATE KEY-----" * 2000,
-        "Bearer " * 8000,
-        "'token': '" * 4000,
-        "https://" + "a@" * 20000 + "?token=" * 1000,
+        ("password=", ""),
+        ("a=", ""),
+        ("x.", "://"),
+        ("a.", ""),
+        ("-----BEGIN PRIVATE KEY-----", ""),
+        ("Bearer ", ""),
+        ("'token': '", ""),
+        ("a@", "?token="),
     ],
-    ids=lambda text: text[:12],
+    ids=lambda part: part[:12],
 )
-def test_hostile_input_is_redacted_in_linear_time(hostile: str) -> None:
-    """Long repetitive lookalikes of 40-50 kB finish far below a second (no quadratic regex)."""
-    started = time.perf_counter()
-
-    redact_text(hostile)
-
-    # A quadratic pattern takes seconds here; linear ones take milliseconds.
-    assert time.perf_counter() - started < 0.5
+def test_hostile_input_is_redacted_in_linear_time(unit: str, tail: str) -> None:
+    """Eight times the input takes well under 64 times as long: no quadratic regex (a ratio, not a clock)."""
+    small = unit * 600 + tail
+    large = unit * 4800 + tail
+    ratio = _best_time(large) / max(_best_time(small), 1e-7)
+    # Linear work scales by ~8, quadratic by ~64; 32 leaves room for noise on a busy machine.
+    assert ratio < 32, f"redacting 8x the input took {ratio:.1f}x as long"
 
 
 def test_event_dict_is_redacted_without_mutating_nested_input() -> None:
