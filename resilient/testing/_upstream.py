@@ -170,6 +170,7 @@ class FaultyUpstream:
         self.received: deque[ReceivedRequest] = deque(maxlen=max_recorded)
         self.port = 0
         self._thread: threading.Thread | None = None
+        self._counted = threading.Condition()
         self._ready = threading.Event()
         self._done = threading.Event()
         self._startup_error: BaseException | None = None
@@ -233,6 +234,11 @@ class FaultyUpstream:
                 loop.call_soon_threadsafe(stopping.set)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def wait_requests(self, count: int, timeout: float | None = None) -> bool:
+        """Block until at least `count` requests arrived (e.g. one is now hanging); False on timeout."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self.requests >= count, timeout)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until the server stopped by itself (or was stopped); False on timeout."""
@@ -326,12 +332,14 @@ class FaultyUpstream:
         return self.max_requests is not None and self.requests >= self.max_requests
 
     def _count(self, request: ReceivedRequest, fault: Fault) -> None:
-        self.requests += 1
         self.by_path[request.path] += 1
         self.by_method[request.method] += 1
         self.received.append(
             ReceivedRequest(request.method, request.path, request.headers, request.body[:MAX_RECORDED_BODY], fault)
         )
+        with self._counted:  # last, so a waiter woken here sees the recorded request
+            self.requests += 1
+            self._counted.notify_all()
 
     async def _apply(self, fault: Fault, request: ReceivedRequest, writer: asyncio.StreamWriter) -> bool:
         kind = fault.kind
