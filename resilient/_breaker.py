@@ -8,6 +8,10 @@ non-blocking methods (`acquire`, `on_success`, `on_failure`, `on_abandon`), hold
 lock only for counter updates and transitions, and keeps the state in pybreaker's
 storage and objects so pybreaker listeners, `current_state` and storages keep working.
 Listeners run after the lock is released, never under it.
+
+With a Redis `storage` the runtime is a `SharedBreakerRuntime` (``_shared_breaker.py``):
+state shared through atomic Lua scripts, this module's in-process state as the fallback
+while Redis is unreachable. This module's methods stay the in-process path.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pybreaker import CircuitBreakerListener
 
 from resilient._clock import CLOCK
 from resilient._errors import CircuitOpenError
+from resilient._storage import check_storage, resolve_storage
 from resilient._validate import check_int, check_name, check_ratio, check_seconds
 from resilient.instrumentation._hub import HUB
 
@@ -74,6 +79,9 @@ class CircuitBreaker:
     failure. After `reset_timeout` seconds it lets `half_open_max_calls` probes through
     (everyone else still fails fast) and closes after `success_threshold` successful
     probes. `exclude` lists business errors that do not count (pybreaker semantics).
+    `storage`: ``"memory://"`` (per process) or a Redis URI that shares the state with
+    every process using the same name (None: the global default, see
+    `resilient.configure_storage`; a `pybreaker` breaker keeps its own storage).
     """
 
     name: str
@@ -87,7 +95,7 @@ class CircuitBreaker:
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
     exclude: tuple[Exclusion, ...] = ()
     listeners: tuple[CircuitBreakerListener, ...] = ()
-    storage: str = "memory://"
+    storage: str | None = None
     pybreaker: PyBreaker | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,8 +117,12 @@ class CircuitBreaker:
         for item in self.exclude:
             if not callable(item):
                 raise TypeError(f"breaker.exclude items must be exception types or predicates, got {item!r}")
-        if self.storage != "memory://":
-            raise ValueError(f"breaker.storage must be 'memory://', got {self.storage!r}")
+        check_storage("breaker.storage", self.storage)
+        if self.pybreaker is not None and self.storage not in {None, "memory://"}:
+            raise ValueError(
+                "breaker.storage cannot be combined with breaker.pybreaker (the pybreaker breaker's own "
+                f"storage keeps its state), got storage={self.storage!r}"
+            )
 
     @classmethod
     def from_pybreaker(cls, breaker: PyBreaker, *, name: str | None = None) -> CircuitBreaker:
@@ -161,6 +173,16 @@ _Transition = tuple[str, str, Any, Any]
 
 class BreakerRuntime:
     """The live breaker behind a name: admission decisions plus pybreaker-kept state."""
+
+    #: True when the state lives in Redis: async drivers then await the `a...` twins.
+    shared = False
+
+    def __new__(cls, config: CircuitBreaker) -> BreakerRuntime:  # noqa: PYI034 - picks a subclass
+        if cls is BreakerRuntime and config.pybreaker is None and _is_shared(config):
+            from resilient._shared_breaker import SharedBreakerRuntime  # noqa: PLC0415 - import cycle
+
+            return object.__new__(SharedBreakerRuntime)
+        return object.__new__(cls)
 
     def __init__(self, config: CircuitBreaker) -> None:
         self.config = config
@@ -336,6 +358,22 @@ class BreakerRuntime:
         for listener in self._pb.listeners:
             _call_listener(listener.state_change, self._pb, old_object, new_object)
 
+    async def aacquire(self, label: str) -> bool:
+        """`acquire` for async drivers (in memory it does no I/O, so it is the same)."""
+        return self.acquire(label)
+
+    async def aon_success(self, *, probe: bool, duration: float, label: str) -> None:
+        """`on_success` for async drivers."""
+        self.on_success(probe=probe, duration=duration, label=label)
+
+    async def aon_failure(self, error: BaseException, *, probe: bool, label: str) -> None:
+        """`on_failure` for async drivers."""
+        self.on_failure(error, probe=probe, label=label)
+
+    async def aon_abandon(self, probe: bool) -> None:
+        """`on_abandon` for async drivers."""
+        self.on_abandon(probe)
+
     def reset(self) -> None:
         """Close the breaker and forget every count (for tests and operators)."""
         with self._lock:
@@ -345,6 +383,10 @@ class BreakerRuntime:
             self._storage.reset_counter()
         if transition is not None:
             self._notify(transition, self.name)
+
+
+def _is_shared(config: CircuitBreaker) -> bool:
+    return resolve_storage("breaker.storage", config.storage) is not None
 
 
 def _call_listener(method: Callable[..., Any], *args: Any) -> None:

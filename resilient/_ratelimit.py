@@ -1,7 +1,8 @@
 """Rate limit: admission before any work; reject with `retry_after`, or wait up to `max_wait`.
 
 Limits are written in `limits` notation (``"100/second"``, ``"10/second;1000/hour"``) and
-parsed by `limits`. Shared storages (``redis://``...) go through `limits`' strategies.
+parsed by `limits`. Shared storages (``redis://``...) go through `limits`' strategies
+(`SharedLimiterRuntime`, chosen at construction; see docs/redis.md).
 The in-process default does NOT use `limits.storage.MemoryStorage`: a `hit` there costs
 about 120x a raw function call (3 µs), more than the whole rest of a policy, so the three
 algorithms are implemented here over one lock with O(1) work per call, and idle keys
@@ -13,19 +14,23 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import limits
+import limits.aio.strategies
+import limits.strategies
 
 from resilient._clock import CLOCK
 from resilient._errors import RateLimitedError
-from resilient._validate import check_int, check_seconds
+from resilient._storage import check_storage, resolve_storage, store_for
+from resilient._validate import check_int, check_name, check_seconds
 from resilient.instrumentation._hub import HUB
 
-__all__ = ["EVENT_REJECTED", "LimiterRuntime", "RateLimit"]
+__all__ = ["EVENT_REJECTED", "LimiterRuntime", "RateLimit", "SharedLimiterRuntime"]
 
 Algorithm = Literal["sliding-window", "fixed-window", "moving-window"]
 ALGORITHMS: tuple[Algorithm, ...] = ("sliding-window", "fixed-window", "moving-window")
@@ -45,14 +50,18 @@ class RateLimit:
     ``"moving-window"`` (exact, remembers each admitted call). `key` receives the call's
     arguments and returns the key to limit by (default: one limit for all calls).
     `max_wait` > 0 waits for a slot (within any deadline) instead of rejecting at once.
+    `storage`: ``"memory://"`` (per process) or a Redis URI shared by every process (None:
+    the global default, see `resilient.configure_storage`). `name` identifies the limit in
+    shared storage; unnamed shared limits with the same settings share one budget.
     """
 
     limit: str
     algorithm: Algorithm = DEFAULT_ALGORITHM
     key: KeyFunction | None = None
     max_wait: float = 0.0
-    storage: str = "memory://"
+    storage: str | None = None
     max_keys: int = DEFAULT_MAX_KEYS
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.limit, str):
@@ -74,8 +83,9 @@ class RateLimit:
             raise TypeError(f"rate_limit.key must be callable or None, got {self.key!r}")
         object.__setattr__(self, "max_wait", check_seconds("rate_limit.max_wait", self.max_wait, allow_zero=True))
         check_int("rate_limit.max_keys", self.max_keys, minimum=1)
-        if self.storage != "memory://":
-            raise ValueError(f"rate_limit.storage must be 'memory://', got {self.storage!r}")
+        check_storage("rate_limit.storage", self.storage)
+        if self.name is not None:
+            check_name("rate_limit.name", self.name)
 
 
 RateLimit.__module__ = "resilient"
@@ -208,9 +218,21 @@ _WINDOWS: dict[str, type[_Window]] = {
 
 
 class LimiterRuntime:
-    """The compiled limiter of one policy: per-key windows under one short-held lock."""
+    """The compiled limiter of one policy: per-key windows under one short-held lock.
 
-    def __init__(self, config: RateLimit) -> None:
+    With a Redis storage, construction returns a `SharedLimiterRuntime` instead; this
+    class's own methods stay the in-process path, untouched by shared storage.
+    """
+
+    #: True when admission goes to shared storage: async drivers then `await atry_acquire`.
+    shared = False
+
+    def __new__(cls, config: RateLimit, scope: str | None = None) -> LimiterRuntime:  # noqa: ARG004, PYI034 - picks a subclass
+        if cls is LimiterRuntime and resolve_storage("rate_limit.storage", config.storage) is not None:
+            return object.__new__(SharedLimiterRuntime)
+        return object.__new__(cls)
+
+    def __init__(self, config: RateLimit, scope: str | None = None) -> None:  # noqa: ARG002 - used when shared
         self.config = config
         self._items = [(item.amount, float(item.get_expiry())) for item in limits.parse_many(config.limit)]
         self._window_type = _WINDOWS[config.algorithm]
@@ -243,6 +265,10 @@ class LimiterRuntime:
         # Round up to the microsecond: float error must never make "wait retry_after" too short.
         return math.ceil(wait * 1e6) / 1e6 if wait else 0.0
 
+    async def atry_acquire(self, key: str) -> float:
+        """`try_acquire` for async drivers (in memory it does no I/O, so it is the same)."""
+        return self.try_acquire(key)
+
     def _new_key_needs_lock(self, key: str, now: float) -> list[_Window]:
         if len(self._keys) >= self._max_keys:
             self._sweep_needs_lock(now)
@@ -274,3 +300,81 @@ class LimiterRuntime:
         """Report and build the rejection."""
         HUB.emit(EVENT_REJECTED, label, logging.INFO, limit=self.config.limit, retry_after=round(retry_after, 3))
         return RateLimitedError(self.config.limit, retry_after=retry_after, key=key, policy=label)
+
+
+_SYNC_STRATEGIES: dict[str, Any] = {
+    "fixed-window": limits.strategies.FixedWindowRateLimiter,
+    "sliding-window": limits.strategies.SlidingWindowCounterRateLimiter,
+    "moving-window": limits.strategies.MovingWindowRateLimiter,
+}
+_ASYNC_STRATEGIES: dict[str, Any] = {
+    "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
+    "sliding-window": limits.aio.strategies.SlidingWindowCounterRateLimiter,
+    "moving-window": limits.aio.strategies.MovingWindowRateLimiter,
+}
+_MIN_RETRY_AFTER = 0.001
+
+
+class SharedLimiterRuntime(LimiterRuntime):
+    """A limiter whose windows live in Redis, through `limits`' strategies and Lua scripts.
+
+    Each limit item is one atomic `hit` (a Lua script: one round trip); a rejection costs
+    one more read for `retry_after`. Several items (``"10/second;1000/hour"``) are hit in
+    order and the first full one rejects, so earlier items keep that hit (as `limits` and
+    flask-limiter do). Keys: ``{prefix}:ratelimit:LIMITER/{scope}/{algorithm}/{key}/...``
+    where scope is `RateLimit.name`, else the policy's name, else ``"default"``. While the
+    storage is degraded the inherited in-process windows decide: per process, so a fleet
+    of N processes admits up to N times the limit until Redis answers again.
+    """
+
+    shared = True
+
+    def __init__(self, config: RateLimit, scope: str | None = None) -> None:
+        super().__init__(config)
+        spec = resolve_storage("rate_limit.storage", config.storage)
+        if spec is None:  # pragma: no cover - __new__ only picks this class for Redis
+            raise ValueError("SharedLimiterRuntime needs a Redis storage")
+        self._store = store_for(spec)
+        self._algorithm = config.algorithm
+        self._limit_items = limits.parse_many(config.limit)
+        self.scope = config.name or scope or "default"
+        self._ids = (self.scope, config.algorithm)
+
+    def try_acquire(self, key: str) -> float:
+        """One atomic hit per limit item in Redis; in-process windows while Redis is down."""
+        store = self._store
+        if store.healthy:
+            try:
+                return self._hit(store.strategy(self._algorithm, _SYNC_STRATEGIES), key)
+            except store.errors as error:
+                store.degrade(error, self.scope)
+        return LimiterRuntime.try_acquire(self, key)
+
+    async def atry_acquire(self, key: str) -> float:
+        """`try_acquire` through ``redis.asyncio``: the event loop is never blocked."""
+        store = self._store
+        if store.healthy:
+            try:
+                return await self._ahit(store.async_strategy(self._algorithm, _ASYNC_STRATEGIES), key)
+            except store.errors as error:
+                store.degrade(error, self.scope)
+        return LimiterRuntime.try_acquire(self, key)
+
+    def _hit(self, strategy: Any, key: str) -> float:
+        ids = (*self._ids, key)
+        for item in self._limit_items:
+            if not strategy.hit(item, *ids):
+                return _retry_after(strategy.get_window_stats(item, *ids).reset_time)
+        return 0.0
+
+    async def _ahit(self, strategy: Any, key: str) -> float:
+        ids = (*self._ids, key)
+        for item in self._limit_items:
+            if not await strategy.hit(item, *ids):
+                return _retry_after((await strategy.get_window_stats(item, *ids)).reset_time)
+        return 0.0
+
+
+def _retry_after(reset_time: float) -> float:
+    """Seconds until `limits` says the window frees a slot, rounded up to the microsecond."""
+    return math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6

@@ -1,0 +1,393 @@
+"""Where shared state lives: storage URIs, the global default, and the health of each Redis.
+
+``memory://`` keeps state in the process (the default, and the fast path: a runtime on
+memory never touches this module after construction). A Redis URI (``redis://``,
+``rediss://``, ``redis+sentinel://``, ``redis+cluster://``) shares rate limits and
+breakers across processes and hosts. Two query parameters belong to us and are removed
+before redis-py sees the URI: ``key_prefix`` (namespace of every key, default
+``resilient``), ``timeout`` (seconds allowed for every Redis command, default 0.1) and
+``connect_timeout`` (seconds allowed to open a connection, default 0.5: a burst of
+concurrent callers opens many connections at once, and a busy host needs more than a
+command's budget for that; calls wait this long only until the store degrades).
+
+One `SharedStore` per distinct storage holds the clients and the health of that Redis.
+A call that meets a Redis error switches the store to *degraded*: every runtime on it
+uses its in-process state, `storage.degraded` is emitted once, and a daemon thread PINGs
+with backoff until Redis answers, then emits `storage.recovered` and the runtimes go
+back to the shared state. Calls never wait for Redis while it is degraded.
+
+Async code gets its own clients per event loop (``redis.asyncio`` and limits' ``async+``
+storages), so the loop is never blocked by a socket; those clients are closed when the
+loop shuts down its async generators (``asyncio.run`` and ``asyncio.Runner`` do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import re
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from resilient.instrumentation._hub import HUB
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "ENV_STORAGE",
+    "EVENT_DEGRADED",
+    "EVENT_RECOVERED",
+    "MEMORY",
+    "SharedStore",
+    "StorageSpec",
+    "check_storage",
+    "close_stores",
+    "configure_storage",
+    "resolve_storage",
+    "store_for",
+]
+
+MEMORY = "memory://"
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster")
+DEFAULT_KEY_PREFIX = "resilient"
+DEFAULT_TIMEOUT = 0.1
+DEFAULT_CONNECT_TIMEOUT = 0.5
+ENV_STORAGE = "RESILIENT_STORAGE"
+EVENT_DEGRADED = "storage.degraded"
+EVENT_RECOVERED = "storage.recovered"
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 2.0
+_ALLOWED = "'memory://' or a Redis URI (redis://, rediss://, redis+sentinel://, redis+cluster://)"
+_OUR_PARAMETERS = frozenset({"key_prefix", "timeout", "connect_timeout"})
+_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]+")
+_PASSWORD = re.compile(r"(//[^/@]*?:)[^/@]*@")
+
+_log = logging.getLogger("resilient.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    """A validated Redis storage: the URI redis-py sees, our key prefix and call timeout."""
+
+    uri: str
+    scheme: str
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @property
+    def shown(self) -> str:
+        """The URI with any password masked, for logs and errors."""
+        return redact_uri(self.uri)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with the password part of its credentials replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", uri)
+
+
+def check_storage(field_name: str, value: object) -> str | None:
+    """Validate a config's ``storage`` at construction; None means "the global default"."""
+    if value is None:
+        return None
+    parse_storage(field_name, value)
+    return str(value)
+
+
+def parse_storage(field_name: str, value: object) -> StorageSpec | None:
+    """None for in-process memory, else the Redis storage the URI names (validated)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name} must be a URI string such as {MEMORY!r}, got {value!r}")
+    if value == MEMORY:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+        raise ValueError(f"{field_name} must be {_ALLOWED}, got {redact_uri(value)!r}")
+    ours, theirs = _split_query(parts.query)
+    key_prefix = ours.get("key_prefix", DEFAULT_KEY_PREFIX)
+    if not _PREFIX_PATTERN.fullmatch(key_prefix):
+        raise ValueError(
+            f"{field_name} key_prefix must be letters, digits and '_.:-', got {key_prefix!r} in {redact_uri(value)!r}"
+        )
+    timeout = _parse_timeout(field_name, "timeout", ours.get("timeout"), value, DEFAULT_TIMEOUT)
+    connect = _parse_timeout(field_name, "connect_timeout", ours.get("connect_timeout"), value, DEFAULT_CONNECT_TIMEOUT)
+    _redis_module(field_name, value)
+    uri = urlunsplit(parts._replace(query=urlencode(theirs)))
+    return StorageSpec(uri=uri, scheme=parts.scheme, key_prefix=key_prefix, timeout=timeout, connect_timeout=connect)
+
+
+def _split_query(query: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    ours = {key: item for key, item in pairs if key in _OUR_PARAMETERS}
+    return ours, [(key, item) for key, item in pairs if key not in ours]
+
+
+def _parse_timeout(field_name: str, name: str, raw: str | None, value: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(
+            f"{field_name} {name} must be a finite number of seconds > 0, got {raw!r} in {redact_uri(value)!r}"
+        )
+    return timeout
+
+
+def _redis_module(field_name: str, value: str) -> ModuleType:
+    """redis-py, imported on first need; a clear error when the extra is not installed."""
+    try:
+        import redis  # noqa: PLC0415 - optional dependency, imported only for Redis storages
+    except ImportError:
+        raise ImportError(
+            f"{field_name}={redact_uri(value)!r} needs the redis package: pip install 'resilient[redis]'"
+        ) from None
+    return redis
+
+
+# ---------------------------------------------------------------- the global default
+
+_default: list[str | None] = [None]  # None: not configured, read $RESILIENT_STORAGE
+
+
+def configure_storage(uri: str | None = None) -> None:
+    """Set the storage of every rate limit and breaker that names none (None: back to env/memory).
+
+    Takes effect for policies built afterwards, so call it before defining them, or set
+    ``RESILIENT_STORAGE`` in the environment. The URI is validated here.
+    """
+    if uri is not None:
+        parse_storage("storage", uri)
+    _default[0] = uri
+
+
+configure_storage.__module__ = "resilient"
+
+
+def default_storage() -> str:
+    """The configured default, else ``$RESILIENT_STORAGE``, else ``memory://``."""
+    configured = _default[0]
+    if configured is not None:
+        return configured
+    return os.environ.get(ENV_STORAGE) or MEMORY
+
+
+def resolve_storage(field_name: str, value: str | None) -> StorageSpec | None:
+    """The storage a runtime uses: its own, else the default; None for memory."""
+    if value is not None:
+        return parse_storage(field_name, value)
+    return parse_storage(ENV_STORAGE if _default[0] is None else "storage", default_storage())
+
+
+# ---------------------------------------------------------------- clients and health
+
+
+@dataclass(slots=True)
+class _LoopClients:
+    """The async clients of one event loop, closed when that loop shuts down."""
+
+    limits_storage: Any
+    client: Any
+    scripts: dict[str, Any] = field(default_factory=dict)
+    strategies: dict[str, Any] = field(default_factory=dict)
+    closer: AsyncIterator[None] | None = None
+
+
+class SharedStore:
+    """One Redis: lazily built clients (sync, and per event loop), health, reconnection."""
+
+    def __init__(self, spec: StorageSpec) -> None:
+        self.spec = spec
+        redis = _redis_module("storage", spec.uri)
+        #: What a Redis call may raise when Redis is down, slow or confused: degrade on it.
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.healthy = True
+        self._lock = threading.Lock()
+        self._sync: Any = None
+        self._sync_scripts: dict[str, Any] = {}
+        self._sync_strategies: dict[str, Any] = {}
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
+        self._stop = threading.Event()
+        self._reconnector: threading.Thread | None = None
+
+    # -- options shared by every client --------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        """Short timeouts on every call and no client-side retries: we degrade instead."""
+        options: dict[str, Any] = {
+            "key_prefix": f"{self.spec.key_prefix}:ratelimit",
+            "socket_timeout": self.spec.timeout,
+            "socket_connect_timeout": self.spec.connect_timeout,
+        }
+        if self.spec.scheme != "redis+cluster":
+            from redis.backoff import NoBackoff  # noqa: PLC0415 - optional dependency
+            from redis.retry import Retry  # noqa: PLC0415
+
+            options["retry"] = Retry(NoBackoff(), 0)
+        return options
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def limits_storage(self) -> Any:
+        """The sync `limits` storage (its redis-py client is shared with the breakers)."""
+        storage = self._sync
+        if storage is None:
+            with self._lock:
+                if self._sync is None:
+                    from limits.storage import storage_from_string  # noqa: PLC0415
+
+                    self._sync = storage_from_string(self.spec.uri, **self._options())
+                storage = self._sync
+        return storage
+
+    def client(self) -> Any:
+        """The sync redis-py client."""
+        return self.limits_storage().get_connection()
+
+    def script(self, name: str, source: str) -> Any:
+        """A registered Lua script on the sync client (EVALSHA, reloaded after a flush)."""
+        script = self._sync_scripts.get(name)
+        if script is None:
+            script = self._sync_scripts[name] = self.client().register_script(source)
+        return script
+
+    def strategy(self, algorithm: str, kinds: dict[str, Any]) -> Any:
+        """The sync `limits` strategy of `algorithm` over this storage."""
+        strategy = self._sync_strategies.get(algorithm)
+        if strategy is None:
+            strategy = self._sync_strategies[algorithm] = kinds[algorithm](self.limits_storage())
+        return strategy
+
+    # -- async (one set per running loop) -----------------------------------------------
+
+    def loop_clients(self) -> _LoopClients:
+        """The async clients of the running loop, created on first use in that loop."""
+        loop = asyncio.get_running_loop()
+        clients = self._loops.get(loop)
+        if clients is None:
+            clients = self._loops[loop] = self._new_loop_clients()
+        return clients
+
+    def _new_loop_clients(self) -> _LoopClients:
+        from limits.storage import storage_from_string  # noqa: PLC0415
+
+        storage: Any = storage_from_string(f"async+{self.spec.uri}", implementation="redispy", **self._options())
+        clients = _LoopClients(limits_storage=storage, client=storage.bridge.get_connection())
+        # The loop tracks (weakly) every async generator started in it and closes them at
+        # shutdown (`loop.shutdown_asyncgens()`, called by asyncio.run and Runner): the
+        # one place to close this loop's connections from inside it, without a task.
+        closer = _close_at_loop_shutdown(self, clients)
+        clients.closer = closer
+        # Start the generator so the loop tracks it; it parks at its first `yield`.
+        with contextlib.suppress(StopIteration):
+            closer.asend(None).send(None)  # type: ignore[attr-defined]
+        return clients
+
+    def forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop a loop's clients (they were closed with the loop)."""
+        with contextlib.suppress(KeyError):
+            del self._loops[loop]
+
+    def async_script(self, name: str, source: str) -> Any:
+        """A registered Lua script on the running loop's client."""
+        clients = self.loop_clients()
+        script = clients.scripts.get(name)
+        if script is None:
+            script = clients.scripts[name] = clients.client.register_script(source)
+        return script
+
+    def async_strategy(self, algorithm: str, kinds: dict[str, Any]) -> Any:
+        """The `limits.aio` strategy of `algorithm` for the running loop."""
+        clients = self.loop_clients()
+        strategy = clients.strategies.get(algorithm)
+        if strategy is None:
+            strategy = clients.strategies[algorithm] = kinds[algorithm](clients.limits_storage)
+        return strategy
+
+    # -- health ---------------------------------------------------------------------------
+
+    def degrade(self, error: BaseException, label: str) -> None:
+        """Redis failed a call: use local state, say so once, reconnect in the background."""
+        with self._lock:
+            if not self.healthy:
+                return
+            self.healthy = False
+            self._stop.clear()
+            thread = threading.Thread(target=self._reconnect, name="resilient-storage-reconnect", daemon=True)
+            self._reconnector = thread
+        reason = f"{type(error).__name__}: {error}"
+        HUB.emit(EVENT_DEGRADED, label, logging.WARNING, error, storage=self.spec.shown, reason=reason[:300])
+        thread.start()
+
+    def _reconnect(self) -> None:
+        """PING with jittered exponential backoff until Redis answers (or the store closes)."""
+        delay = RECONNECT_FIRST_DELAY
+        while not self._stop.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not crypto
+            try:
+                self.client().ping()
+            except Exception as error:
+                _log.debug("storage %s still unreachable: %s", self.spec.shown, error)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            with self._lock:
+                self.healthy = True
+            HUB.emit(EVENT_RECOVERED, "storage", logging.WARNING, storage=self.spec.shown)
+            return
+
+    def close(self) -> None:
+        """Stop reconnecting and close the sync clients (async ones close with their loop)."""
+        self._stop.set()
+        thread = self._reconnector
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        with self._lock:
+            storage, self._sync = self._sync, None
+            self._sync_scripts.clear()
+            self._sync_strategies.clear()
+            self.healthy = True
+        if storage is not None:
+            storage.get_connection().close()
+
+
+async def _close_at_loop_shutdown(store: SharedStore, clients: _LoopClients) -> AsyncIterator[None]:
+    # Holds no reference to the loop: the store maps loops to clients weakly.
+    try:
+        yield
+    finally:
+        store.forget_loop(asyncio.get_running_loop())
+        with contextlib.suppress(Exception):
+            await clients.client.aclose()
+
+
+_STORES: dict[StorageSpec, SharedStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def store_for(spec: StorageSpec) -> SharedStore:
+    """The one store of this storage in the process."""
+    with _STORES_LOCK:
+        store = _STORES.get(spec)
+        if store is None:
+            store = _STORES[spec] = SharedStore(spec)
+        return store
+
+
+def close_stores() -> None:
+    """Close every store's sync clients and stop its reconnection thread (tests, shutdown)."""
+    with _STORES_LOCK:
+        stores = list(_STORES.values())
+    for store in stores:
+        store.close()
