@@ -104,6 +104,42 @@ class _AsyncGate:
         self._semaphore.release()
 
 
+class _Timer:
+    """The request deadline's timer: what `asyncio.timeout` does, with one timer handle.
+
+    `asyncio.timeout` costs several microseconds per request (a context manager object, a
+    reschedule on entry and another to lift it); this keeps only the handle. It follows the
+    same cancellation accounting: the task's cancel request is withdrawn (`uncancel`) when
+    the timer fired, and only a cancellation the timer caused becomes a `TimeoutError`.
+    """
+
+    __slots__ = ("_cancelling", "_handle", "_settled", "_task", "expired")
+
+    def __init__(self, delay: float) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - ASGI servers always run apps in a task
+            raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.expired = self._settled = False
+        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """Disarm the timer (idempotent): the response is complete or the app returned."""
+        self._handle.cancel()
+
+    def settle(self) -> bool:
+        """After the app: withdraw our cancel request; True when it is what stopped the app."""
+        if not self.expired or self._settled:
+            return False
+        self._settled = True
+        return self._task.uncancel() <= self._cancelling
+
+
 class _Exchange:
     """One HTTP request's state: wraps `send` and `receive` and remembers what went out."""
 
@@ -141,7 +177,7 @@ class _Exchange:
         self.sent_bytes = self.received = 0
         self.body_limit: int | None = None
         self.deadline: float | None = None
-        self.timer: asyncio.Timeout | None = None
+        self.timer: _Timer | None = None
         self.ended: float | None = None
         self.rejection: str | None = None
         self.client: str | None = None
@@ -175,10 +211,10 @@ class _Exchange:
         self.complete = True
         self.ended = time.perf_counter()
         if self.timer is not None:
-            self.timer.reschedule(None)
+            self.timer.stop()
             # Background tasks run after the response in this task: nested `@resilient` calls
-            # there must not inherit a budget that was the response's. The enclosing
-            # `deadline.scope` restores the previous value on exit.
+            # there must not inherit a budget that was the response's. `_run` restores the
+            # previous value on exit.
             deadline._DEADLINE.set(None)
 
     async def receive(self) -> Message:
@@ -206,7 +242,7 @@ class _Exchange:
 
     def deadline_passed(self) -> bool:
         """Whether this request's deadline (if any) has fired."""
-        if self.timer is not None and self.timer.expired():
+        if self.timer is not None and self.timer.expired:
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -225,7 +261,7 @@ class ResilientMiddleware:
     def __init__(self, app: ASGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
-        self._edge: Edge[_AsyncGate] = Edge(self.options, _AsyncGate, asynchronous=True)
+        self._edge: Edge[_AsyncGate] = Edge(self.options, _AsyncGate)
         self._request_id_header = self._edge.request_id_header
         self._response_id_name = self._edge.request_id_response_name
         self._on_success = self.options.ratelimit_headers_on_success
@@ -348,13 +384,26 @@ class ResilientMiddleware:
         if timeout is None:
             await self.app(scope, receive, ex.send)
             return
-        with deadline.scope(timeout) as instant:
-            ex.deadline = instant
-            if timeout <= 0:
-                raise TimeoutError  # the caller's budget is already spent: 504 without work
-            async with asyncio.timeout(timeout) as timer:
-                ex.timer = timer
-                await self.app(scope, receive, ex.send)
+        if timeout <= 0:
+            ex.deadline = time.monotonic()
+            raise TimeoutError  # the caller's budget is already spent: 504 without work
+        instant = time.monotonic() + timeout
+        outer = deadline.current()
+        if outer is not None and outer < instant:
+            instant = outer
+        ex.deadline = instant
+        token = deadline._DEADLINE.set(instant)
+        timer = ex.timer = _Timer(instant - time.monotonic())
+        try:
+            await self.app(scope, receive, ex.send)
+        except asyncio.CancelledError:
+            if timer.settle():
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.stop()
+            timer.settle()  # the app may have swallowed our cancellation: withdraw it anyway
+            deadline._DEADLINE.reset(token)
 
     def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> str:
         client = self._client(scope, ex)

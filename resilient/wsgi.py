@@ -456,7 +456,7 @@ class ResilientWSGIMiddleware:
     def __init__(self, app: WSGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
-        self._edge: Edge[_SyncGate] = Edge(self.options, _SyncGate, asynchronous=False)
+        self._edge: Edge[_SyncGate] = Edge(self.options, _SyncGate)
         self._response_id_name = self.options.request_id_header
         self._on_success = self.options.ratelimit_headers_on_success
         self._legacy = self.options.legacy_ratelimit_headers
