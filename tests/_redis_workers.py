@@ -157,7 +157,7 @@ class BreakerSpec:
         )
 
 
-def fail_fast_worker(spec: BreakerSpec, ready: Any, opened: Any, results: Any, *, use_async: bool) -> None:
+def fail_fast_worker(spec: BreakerSpec, ready: Any, opened: Any, results: Any, use_async: bool) -> None:
     """Call once while closed, wait until the test opened the breaker elsewhere, call again."""
     policy = Policy(breaker=spec.config())
     called: list[str] = []
@@ -184,7 +184,7 @@ def fail_fast_worker(spec: BreakerSpec, ready: Any, opened: Any, results: Any, *
     close_stores()
 
 
-def probe_worker(spec: BreakerSpec, threads: int, barrier: Any, arrived: Any, release: Any, *, use_async: bool) -> None:
+def probe_worker(spec: BreakerSpec, threads: int, barrier: Any, arrived: Any, release: Any, use_async: bool) -> None:
     """Every thread calls once after the barrier; a call that runs blocks until `release`.
 
     Each thread reports "probe" (its function ran) or "rejected" to `arrived`.
