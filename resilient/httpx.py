@@ -281,8 +281,8 @@ def _body_retry_policy(method: str, attempts: int, headers: Any) -> Policy:
     has_key = headers is not None and IDEMPOTENCY_KEY in httpx.Headers(headers)
     if attempts > 1 and method.upper() not in IDEMPOTENT_METHODS and not has_key:
         raise ValueError(
-            "read_with_retries repeats whole requests: method must be one of "
-            f"{', '.join(sorted(IDEMPOTENT_METHODS))} or carry an Idempotency-Key header, got {method!r}"
+            "read_with_retries repeats whole requests: method must be idempotent (one of "
+            f"{', '.join(sorted(IDEMPOTENT_METHODS))}) or carry an Idempotency-Key header, got {method!r}"
         )
     return _body_read_policy(attempts)
 

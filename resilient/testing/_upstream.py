@@ -308,6 +308,11 @@ class FaultyUpstream:
                     break
         except (_StoppedError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            # Only the shutdown cancels handlers. End normally: on Python 3.11 asyncio's
+            # done-callback calls task.exception() and logs a cancelled handler as an error.
+            if not self._stopping_now():
+                raise
         finally:
             self._handlers.discard(task)
             self._writers.discard(writer)
