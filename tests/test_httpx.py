@@ -17,6 +17,7 @@ import httpx
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
@@ -455,6 +456,34 @@ def test_one_log_event_per_request(drivers: Callable[..., Driver], events: list[
     assert requests[0].fields["url"].endswith("/a?api_key=***")
     assert requests[0].fields["method"] == "GET"
     assert requests[0].fields["duration"] >= 0
+
+
+def calls_counted(reader: InMemoryMetricReader, name: str) -> dict[str, float]:
+    """`resilient.calls` for one policy label, by outcome (cumulative)."""
+    counted: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != "resilient.calls":
+                    continue
+                for point in metric.data.data_points:
+                    attributes = dict(point.attributes or {})
+                    if attributes.get("resilient.policy") == name:
+                        counted[str(attributes["resilient.outcome"])] = getattr(point, "value", 0)
+    return counted
+
+
+def test_requests_are_counted_in_the_library_metrics(
+    mode: str, drivers: Callable[..., Driver], metric_reader: InMemoryMetricReader
+) -> None:
+    """Requests count in `resilient.calls` under the transport's name, by outcome."""
+    with FaultyUpstream([Fault.ok(), Fault.status(503)]) as up:
+        client = drivers(breaker=False, retry=False, name=f"metered-{mode}")
+        client.request("GET", up.url)
+        client.request("GET", up.url)
+    counted = calls_counted(metric_reader, f"metered-{mode}")
+    assert (counted["success"], counted["failure"]) == (1, 1)
 
 
 # --- options
