@@ -95,7 +95,7 @@ class CircuitBreaker:
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
     exclude: tuple[Exclusion, ...] = ()
     listeners: tuple[CircuitBreakerListener, ...] = ()
-    storage: str | None = None
+    storage: str | None = field(default=None, repr=False)  # a URI may carry a password
     pybreaker: PyBreaker | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import limits
@@ -59,7 +59,7 @@ class RateLimit:
     algorithm: Algorithm = DEFAULT_ALGORITHM
     key: KeyFunction | None = None
     max_wait: float = 0.0
-    storage: str | None = None
+    storage: str | None = field(default=None, repr=False)  # a URI may carry a password
     max_keys: int = DEFAULT_MAX_KEYS
     name: str | None = None
 

@@ -225,18 +225,27 @@ class SharedStore:
 
     # -- options shared by every client --------------------------------------------
 
-    def _options(self) -> dict[str, Any]:
-        """Short timeouts on every call and no client-side retries: we degrade instead."""
+    def _options(self, *, asynchronous: bool) -> dict[str, Any]:
+        """Short timeouts on every call; one immediate retry on a broken connection only.
+
+        A pooled connection that Redis closed (a restart) fails its next command at once:
+        retrying that once on a fresh connection is what separates "Redis restarted" from
+        "Redis is down". Timeouts are never retried (that would double the wait); the
+        default redis-py retries (3, with backoff) would make a dead Redis cost seconds.
+        """
         options: dict[str, Any] = {
             "key_prefix": f"{self.spec.key_prefix}:ratelimit",
             "socket_timeout": self.spec.timeout,
             "socket_connect_timeout": self.spec.connect_timeout,
         }
-        if self.spec.scheme != "redis+cluster":
-            from redis.backoff import NoBackoff  # noqa: PLC0415 - optional dependency
+        if self.spec.scheme != "redis+cluster":  # the cluster client has retry settings of its own
+            from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415 - optional dependency
+            from redis.backoff import NoBackoff  # noqa: PLC0415
+            from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
             from redis.retry import Retry  # noqa: PLC0415
 
-            options["retry"] = Retry(NoBackoff(), 0)
+            retry = AsyncRetry if asynchronous else Retry
+            options["retry"] = retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         return options
 
     # -- sync ---------------------------------------------------------------------------
@@ -249,7 +258,7 @@ class SharedStore:
                 if self._sync is None:
                     from limits.storage import storage_from_string  # noqa: PLC0415
 
-                    self._sync = storage_from_string(self.spec.uri, **self._options())
+                    self._sync = storage_from_string(self.spec.uri, **self._options(asynchronous=False))
                 storage = self._sync
         return storage
 
@@ -284,7 +293,8 @@ class SharedStore:
     def _new_loop_clients(self) -> _LoopClients:
         from limits.storage import storage_from_string  # noqa: PLC0415
 
-        storage: Any = storage_from_string(f"async+{self.spec.uri}", implementation="redispy", **self._options())
+        options = self._options(asynchronous=True)
+        storage: Any = storage_from_string(f"async+{self.spec.uri}", implementation="redispy", **options)
         clients = _LoopClients(limits_storage=storage, client=storage.bridge.get_connection())
         # The loop tracks (weakly) every async generator started in it and closes them at
         # shutdown (`loop.shutdown_asyncgens()`, called by asyncio.run and Runner): the
