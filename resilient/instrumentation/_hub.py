@@ -16,7 +16,7 @@ from resilient._errors import (
     RateLimitedError,
 )
 from resilient.instrumentation._events import Event, Listener
-from resilient.instrumentation._log import EventLogger
+from resilient.instrumentation._log import EventLogger, redact_fields
 from resilient.instrumentation._otel import CallObservation, Otel, _error_type
 from resilient.redaction import redact_text
 
@@ -90,7 +90,7 @@ class Hub:
 
     @staticmethod
     def _log_fields(event: Event) -> dict[str, Any]:
-        fields: dict[str, Any] = {"policy": event.policy, **event.fields}
+        fields = redact_fields({"policy": event.policy, **event.fields})
         if event.error is not None:
             fields["error_type"] = _error_type(event.error)
             fields["error"] = redact_text(str(event.error))[:500]

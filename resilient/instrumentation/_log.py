@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from resilient.logging import add_request_id, add_trace_context
-from resilient.redaction import redact_event_dict
+from resilient.redaction import redact_value
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -22,6 +22,28 @@ if TYPE_CHECKING:
 __all__ = ["LOGGER_NAME", "EventLogger"]
 
 LOGGER_NAME = "resilient"
+
+# Fields the library itself fills with numbers, names of its own objects or enumerated
+# words: no secret can be in them, so they skip the (comparatively costly) redaction scan.
+# Everything else (error messages, URLs, paths, user agents) is redacted.
+SAFE_FIELDS = frozenset(
+    {
+        "policy", "attempt", "attempts", "delay", "reason", "breaker", "previous", "reset_timeout",
+        "retry_after", "limit", "max_concurrent", "scope", "timeout", "interrupted", "error_type",
+        "method", "status", "status_code", "duration", "duration_ms", "bytes", "request_id", "route",
+        "storage", "trace_id", "span_id",
+    }
+)  # fmt: skip
+
+
+def redact_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `fields` with every value that could carry a secret redacted."""
+    return {
+        key: value
+        if key in SAFE_FIELDS or not isinstance(value, str | dict | list | tuple)
+        else redact_value(key, value)
+        for key, value in fields.items()
+    }
 
 
 def _to_stdlib_call(
@@ -41,25 +63,37 @@ class EventLogger:
         self.stdlib = logging.getLogger(LOGGER_NAME)
         self._fallback = structlog.wrap_logger(
             self.stdlib,
-            processors=[add_trace_context, add_request_id, redact_event_dict, _to_stdlib_call],
+            processors=[add_trace_context, add_request_id, _to_stdlib_call],
             wrapper_class=structlog.stdlib.BoundLogger,
         )
+        # One lazy proxy for the process, as structlog recommends: it follows the app's
+        # configuration and lets `cache_logger_on_first_use` work.
+        self._app = structlog.get_logger(LOGGER_NAME)
         self.enabled = True
 
     def is_enabled_for(self, level: int) -> bool:
-        """Cheap check before an event is built (the stdlib level, which structlog apps share)."""
+        """Cheap check before an event is built: the app's structlog level, or the stdlib one."""
         if not self.enabled:
             return False
         if structlog.is_configured():
-            return True  # the application's own filtering decides
+            return self._app_enabled_for(level)
         return self.stdlib.isEnabledFor(level)
 
+    def _app_enabled_for(self, level: int) -> bool:
+        # Filtering bound loggers answer `is_enabled_for`, stdlib ones `isEnabledFor`;
+        # anything else gets every event and filters it itself.
+        for method in ("is_enabled_for", "isEnabledFor"):
+            check = getattr(self._app, method, None)
+            if check is not None:
+                try:
+                    return bool(check(level))
+                except Exception:  # a custom wrapper with another signature
+                    return True
+        return True
+
     def log(self, level: int, name: str, fields: dict[str, Any]) -> None:
-        """Write the event through the application's structlog, or the stdlib fallback."""
+        """Write the event (already redacted by the caller) through the app's structlog or stdlib."""
         if structlog.is_configured():
-            event_dict = redact_event_dict(
-                None, "", add_request_id(None, "", add_trace_context(None, "", dict(fields)))
-            )
-            structlog.get_logger(LOGGER_NAME).log(level, name, **event_dict)
+            self._app.log(level, name, **add_request_id(None, "", add_trace_context(None, "", dict(fields))))
         else:
             self._fallback.log(level, name, **fields)
