@@ -537,14 +537,17 @@ class Engine:
         """Choose the policy, find the host, start the span and add the propagation headers."""
         host = self.hosts.get(request.url) if self._needs_host else None
         exchange = Exchange(request, self._policy_for(request), host)
-        tracer = HUB.otel.tracer()
-        if tracer is not None:
-            self._start_span(exchange, tracer)
-        metrics = HUB.otel.metrics()
-        if metrics is not None:
-            exchange.obs = CallObservation(self.label, None, metrics)
+        otel = HUB.otel
+        if not (otel.idle and otel.providers_unchanged()):  # no SDK: two reads, no span, no meter
+            self._observe(exchange, otel.tracer(), otel.metrics())
         _propagate(request, exchange.span)
         return exchange
+
+    def _observe(self, exchange: Exchange, tracer: trace.Tracer | None, metrics: Any) -> None:
+        if tracer is not None:
+            self._start_span(exchange, tracer)
+        if metrics is not None:
+            exchange.obs = CallObservation(self.label, None, metrics)
 
     def _policy_for(self, request: httpx.Request) -> CompiledPolicy:
         options = self.options
