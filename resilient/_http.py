@@ -21,7 +21,6 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import httpx
-import structlog
 import tenacity
 from httpx._multipart import MultipartStream
 from opentelemetry import context as otel_context
@@ -649,7 +648,7 @@ class Engine:
             self._end(exchange, "cancelled", None)
 
     def _log(self, exchange: Exchange, level: int, error: BaseException | None, status: int | None) -> None:
-        if not (_log_enabled(level) or HUB.listeners):
+        if not (HUB.logger.is_enabled_for(level) or HUB.listeners):
             return  # the span already carries every field: no event just for it
         request = exchange.request
         HUB.emit(
@@ -677,41 +676,6 @@ class Engine:
             if error is not None and outcome == "rejected":
                 extra["resilient.rejection"] = outcome_of(error)[1]
             exchange.obs.end(outcome, error, extra)
-
-
-# structlog wrapper class -> lowest level it lets through (a filtering class filters, others do not).
-_STRUCTLOG_LEVELS: dict[type, int] = {}
-
-
-def _log_enabled(level: int) -> bool:
-    """Would an event at `level` be logged? Cheap enough for a DEBUG line on every request.
-
-    `HUB.logger.is_enabled_for` answers True whenever structlog is configured (the app's
-    filtering decides), and building a filtered-out event costs ~20 µs; so ask the app's
-    structlog wrapper class, once per class, for the level it filters at.
-    """
-    logger = HUB.logger
-    if not logger.enabled:
-        return False
-    if not structlog.is_configured():
-        return logger.stdlib.isEnabledFor(level)
-    wrapper = structlog.get_config()["wrapper_class"]
-    floor = _STRUCTLOG_LEVELS.get(wrapper)
-    if floor is None:
-        floor = _STRUCTLOG_LEVELS[wrapper] = _structlog_floor(wrapper)
-    return level >= floor
-
-
-def _structlog_floor(wrapper: type) -> int:
-    """The level below which `wrapper` drops events (0 when it cannot tell: then log)."""
-    get_level = getattr(wrapper, "get_effective_level", None)
-    if get_level is None:
-        return logging.NOTSET
-    try:
-        # structlog's filtering classes answer from their class, without logger state.
-        return int(get_level(object.__new__(wrapper)))
-    except Exception:
-        return logging.NOTSET
 
 
 def _retry_after_of(response: httpx.Response) -> float | None:
