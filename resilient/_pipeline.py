@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 
-from resilient._breaker import CLOSED
+from resilient._breaker import CLOSED, OPEN
 from resilient._clock import CLOCK
 from resilient._errors import DeadlineExceededError
 from resilient._retry import RetryCall, RetryRuntime
@@ -70,7 +70,11 @@ def run_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args,
         if fallback is None or not fallback.handles(error):
             _end(cp, obs, error, None)
             raise
-        value = fallback.value(error, label)
+        try:
+            value = fallback.value(error, label)
+        except BaseException as fallback_error:
+            _end(cp, obs, fallback_error, None)
+            raise
         _end(cp, obs, error, "fallback")
         return value
     except BaseException:
@@ -94,9 +98,13 @@ async def run_async(
         if fallback is None or not fallback.handles(error):
             _end(cp, obs, error, None)
             raise
-        value = fallback.value(error, label)
-        if fallback.is_async:
-            value = await value
+        try:
+            value = fallback.value(error, label)
+            if fallback.is_async:
+                value = await value
+        except BaseException as fallback_error:
+            _end(cp, obs, fallback_error, None)
+            raise
         _end(cp, obs, error, "fallback")
         return value
     except BaseException:
@@ -203,6 +211,11 @@ async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: flo
         wait = limiter.try_acquire(key)
 
 
+def _breaker_opened(cp: CompiledPolicy) -> bool:
+    """The breaker is open now: another attempt would only fail fast, so give up with the real error."""
+    return cp.breaker is not None and cp.breaker.state is OPEN
+
+
 def _clamp_wait(wait: float) -> float:
     deadline = _DEADLINE.get()
     if deadline is None or wait <= 0:
@@ -216,15 +229,20 @@ def _clamp_wait(wait: float) -> float:
 def deadline_sync(
     cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
 ) -> Any:
-    deadline = CLOCK.monotonic() + cp.total_timeout  # type: ignore[operator]
+    started = CLOCK.monotonic()
+    deadline = started + cp.total_timeout  # type: ignore[operator]
     inherited = _DEADLINE.get()
     if inherited is not None and inherited < deadline:
         deadline = inherited
     token = _DEADLINE.set(deadline)
     try:
-        return cp.sync_after_deadline(cp, label, fn, args, kwargs, obs)
+        result = cp.sync_after_deadline(cp, label, fn, args, kwargs, obs)
     finally:
         _DEADLINE.reset(token)
+    if cp.runner is None and CLOCK.monotonic() > deadline:  # cooperative: late, but not discarded
+        scope = "total" if deadline - started >= cp.total_timeout else "inherited"  # type: ignore[operator]
+        HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=cp.total_timeout, interrupted=False)
+    return result
 
 
 async def deadline_async(
@@ -268,7 +286,7 @@ def retry_sync(
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
-            if not retry.is_retryable(error, call):
+            if not retry.is_retryable(error, call) or _breaker_opened(cp):
                 raise
             delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:
@@ -306,7 +324,7 @@ async def retry_async(
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
-            if not retry.is_retryable(error, call):
+            if not retry.is_retryable(error, call) or _breaker_opened(cp):
                 raise
             delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
             if delay is None:

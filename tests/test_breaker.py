@@ -116,18 +116,44 @@ def test_slow_calls_count_as_failures() -> None:
     assert testing.breaker_state("slow") == "open"
 
 
-def test_a_retried_call_re_enters_the_breaker(mode: str) -> None:
-    """Each attempt passes the breaker, so an attempt after it opens fails fast."""
-    script = Script(ConnectionError())
+def test_a_breaker_opened_by_this_call_ends_its_retries_with_the_real_error(mode: str) -> None:
+    """When an attempt's failure opens the breaker, no backoff is slept: the original error is raised."""
+    last = ConnectionError("second")
+    script = Script(ConnectionError("first"), last)
     call = protect(
         mode,
         script,
         retry=Retry(attempts=5, initial_delay=0, max_delay=0, budget=None),
         breaker=CircuitBreaker(name="dep", failure_threshold=2),
     )
-    with pytest.raises(CircuitOpenError):
+    with testing.no_wait() as waits, pytest.raises(ConnectionError) as raised:
         call()
+    assert raised.value is last
     assert script.calls == 2
+    assert waits == [0.0]  # one backoff, between the two attempts; none after the breaker opened
+
+
+def test_a_retried_call_re_enters_the_breaker(mode: str) -> None:
+    """Each attempt passes the breaker: if it opened during the backoff, the retry fails fast."""
+    from resilient._clock import CLOCK  # noqa: PLC0415
+
+    breaker = CircuitBreaker(name="shared-dep", failure_threshold=2)
+    script = Script(TimeoutError("slow"), "never reached")
+    call = protect(mode, script, retry=Retry(attempts=3, initial_delay=0.1, budget=None), breaker=breaker)
+
+    @resilient(breaker="shared-dep")
+    def other_caller() -> None:
+        raise ConnectionError("down")
+
+    def during_backoff(seconds: float) -> None:  # another caller trips the shared breaker meanwhile
+        with pytest.raises(ConnectionError):
+            other_caller()
+
+    with testing.fake_clock():
+        CLOCK.on_skipped_wait = during_backoff
+        with pytest.raises(CircuitOpenError):
+            call()
+    assert script.calls == 1
 
 
 def test_breakers_are_shared_by_name() -> None:

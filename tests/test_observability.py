@@ -284,3 +284,39 @@ def test_breaker_reset_is_observable(events: list[Event]) -> None:
         call()
     testing.reset_breakers()
     assert events[-1].name == "breaker.closed"
+
+
+def test_a_failing_fallback_still_ends_the_span(mode: str, spans: InMemorySpanExporter) -> None:
+    """If the fallback handler raises, the span ends with its error and no context leaks."""
+
+    def broken(exc: BaseException) -> str:
+        raise RuntimeError("cache down too")
+
+    with pytest.raises(RuntimeError):
+        protect(mode, Script(ConnectionError()), name="fb", fallback=broken)()
+    (span,) = spans.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "RuntimeError"
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_exception_events_on_spans_are_redacted(spans: InMemorySpanExporter) -> None:
+    """The recorded exception's message and stack trace carry no secret."""
+    secret = "Bearer abcdefghijklmnopqrstuvwxyz123456"  # noqa: S105 - a fake token to redact
+    with pytest.raises(ConnectionError):
+        protect("sync", Script(ConnectionError(f"auth failed: {secret}")), name="r")()
+    (span,) = spans.get_finished_spans()
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert "abcdefghijklmnop" not in str(event.attributes["exception.message"])
+    assert "abcdefghijklmnop" not in str(event.attributes["exception.stacktrace"])
+    assert "ConnectionError" in str(event.attributes["exception.stacktrace"])
+
+
+def test_transition_metrics_name_the_new_state(metric_reader: InMemoryMetricReader) -> None:
+    """`resilient.breaker.transitions` carries the state entered: open, half-open, closed."""
+    delta = Delta(metric_reader, "resilient.breaker.transitions")
+    call = protect("sync", Script(ConnectionError()), name="tr", breaker=CircuitBreaker(name="tr", failure_threshold=1))
+    with pytest.raises(ConnectionError):
+        call()
+    assert delta.of("resilient.breaker.transitions", breaker="tr", **{"breaker.state": "open"}) == 1

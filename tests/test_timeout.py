@@ -265,3 +265,17 @@ async def test_a_timeout_inside_asyncio_timeout_is_ours_and_the_outer_still_work
         with pytest.raises(DeadlineExceededError):
             await hang()
         await asyncio.sleep(0)  # no stray cancellation is left pending on the task
+
+
+def test_sync_total_overrun_is_reported_too(events: list[Event]) -> None:
+    """With only a total timeout, a cooperative call that ends late is reported, not discarded."""
+
+    @resilient(timeout=0.01)
+    def late() -> str:
+        time.sleep(0.03)
+        return "late"
+
+    assert late() == "late"
+    assert [(e.name, e.fields["scope"], e.fields["interrupted"]) for e in events] == [
+        ("timeout.exceeded", "total", False)
+    ]

@@ -6,6 +6,7 @@ application installs an SDK provider nothing is created, no span object, no metr
 
 from __future__ import annotations
 
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import opentelemetry.metrics._internal as _metrics_state
@@ -40,6 +41,7 @@ _REJECTION_EVENTS = {
 }
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+_STATE_AFTER = {"breaker.opened": "open", "breaker.half_opened": "half-open", "breaker.closed": "closed"}
 
 
 class Metrics:
@@ -88,9 +90,9 @@ class Metrics:
         attrs: dict[str, Any] = {"resilient.policy": event.policy}
         if event.name == "retry.scheduled":
             self.retries.add(1, attrs)
-        elif event.name.startswith("breaker.") and event.name != "breaker.rejected":
+        elif event.name in _STATE_AFTER:
             attrs["resilient.breaker"] = event.fields.get("breaker", "")
-            attrs["resilient.breaker.state"] = event.name.removeprefix("breaker.")
+            attrs["resilient.breaker.state"] = _STATE_AFTER[event.name]
             self.transitions.add(1, attrs)
         elif event.name == "storage.degraded":
             self.storage_degraded.add(1, attrs)
@@ -132,7 +134,7 @@ class CallObservation:
         if span is not None:
             span.set_attributes({**attrs, **extra, "resilient.attempts": self.attempts})
             if error is not None and outcome != "fallback":
-                span.record_exception(error)
+                span.record_exception(error, attributes=_redacted_exception(error))
                 span.set_status(Status(StatusCode.ERROR, attrs["error.type"]))
             span.end()
             if self._token is not None:
@@ -157,6 +159,14 @@ def _attempt_attributes(label: str, *, ok: bool) -> dict[str, Any]:
         attrs = {"resilient.policy": label, "resilient.outcome": "success" if ok else "failure"}
         _ATTEMPT_ATTRIBUTES[key] = attrs
     return attrs
+
+
+def _redacted_exception(error: BaseException) -> dict[str, str]:
+    """The message and stack trace of an exception event, with secrets masked (as in logs)."""
+    from resilient.redaction import redact_text  # noqa: PLC0415 - failure path only
+
+    trace_text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return {"exception.message": redact_text(str(error)), "exception.stacktrace": redact_text(trace_text)}
 
 
 def _error_type(error: BaseException) -> str:
