@@ -42,16 +42,6 @@ _NOT_EXECUTED = re.compile(r"^\s*<!--\s*not-executed:\s*(?P<reason>.+?)\s*-->\s*
 #: engineers' pages), by (file, index among its python blocks). Pages should prefer the
 #: ``<!-- not-executed: reason -->`` marker; an entry here is for text not edited from here.
 KNOWN_SKIPS: dict[tuple[str, int], str] = {
-    ("README.md", 0): (
-        "quickstart: the annotation `Receipt` is evaluated at definition and is undefined; "
-        "`charge_raw`, `refund_raw` are undefined (and `payments_api` is only a placeholder)"
-    ),
-    ("README.md", 2): (
-        "OTLP wiring: needs opentelemetry-exporter-otlp (not a dependency) and replaces the "
-        "global providers, which OpenTelemetry allows once per process"
-    ),
-    ("README.md", 5): "middleware mounts: `app` (a FastAPI/Starlette and a Flask app) is undefined",
-    ("README.md", 6): "test sketch: uses `pytest` without importing it, and `checkout` is undefined",
     ("docs/redis.md", 0): (
         "names a Redis host (cache.internal) and imports `configure_storage` from `resilient`, "
         "which `resilient/__init__.py` does not export"
