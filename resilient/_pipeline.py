@@ -51,6 +51,9 @@ __all__ = [
     "run_sync",
 ]
 
+#: Read on every call to decide whether telemetry is needed at all.
+_OTEL = HUB.otel
+
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
@@ -60,7 +63,15 @@ Kwargs = dict[str, Any]
 
 def run_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
     """Run `fn(*args, **kwargs)` under the policy, in the caller's thread."""
-    obs = None if _telemetry_idle() else HUB.begin_call(label)
+    # The "anyone listening?" check, inlined: the idle flag plus two identity tests.
+    if (
+        _OTEL.idle
+        and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
+        and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
+    ):
+        obs = None
+    else:
+        obs = HUB.begin_call(label)
     if obs is None and cp.fallback is None:
         return cp.sync_entry(cp, label, fn, args, kwargs, None)
     try:
@@ -88,7 +99,14 @@ async def run_async(
     cp: CompiledPolicy, label: str, fn: Callable[..., Awaitable[Any]], args: Args, kwargs: Kwargs
 ) -> Any:
     """Await `fn(*args, **kwargs)` under the policy; timeouts cancel it for real."""
-    obs = None if _telemetry_idle() else HUB.begin_call(label)
+    if (
+        _OTEL.idle
+        and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
+        and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
+    ):
+        obs = None
+    else:
+        obs = HUB.begin_call(label)
     if obs is None and cp.fallback is None:
         return await cp.async_entry(cp, label, fn, args, kwargs, None)
     try:
@@ -112,18 +130,6 @@ async def run_async(
         raise
     _end(cp, obs, None, "success")
     return result
-
-
-_OTEL = HUB.otel
-
-
-def _telemetry_idle() -> bool:
-    """No tracer, no meter, and the global providers unchanged: skip telemetry (one frame)."""
-    return (
-        _OTEL.idle
-        and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
-        and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
-    )
 
 
 def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException | None, outcome: str | None) -> None:
@@ -357,7 +363,7 @@ def attempt_sync(
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_sync:
         return fn(*args, **kwargs)
-    probe = breaker.acquire(label) if breaker is not None else False
+    probe = breaker.acquire(label) if breaker is not None and breaker.state is not CLOSED else False
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = CLOCK.monotonic() if timed else 0.0
     try:
@@ -391,7 +397,7 @@ async def attempt_async(
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_async:
         return await fn(*args, **kwargs)
-    probe = breaker.acquire(label) if breaker is not None else False
+    probe = breaker.acquire(label) if breaker is not None and breaker.state is not CLOSED else False
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = CLOCK.monotonic() if timed else 0.0
     try:
