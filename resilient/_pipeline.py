@@ -27,7 +27,7 @@ from resilient._breaker import CLOSED, OPEN
 from resilient._clock import CLOCK
 from resilient._errors import DeadlineExceededError
 from resilient._retry import RetryCall, RetryRuntime
-from resilient._timeout import EVENT_EXCEEDED
+from resilient._timeout import EVENT_EXCEEDED, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB, outcome_of
 
@@ -473,30 +473,29 @@ async def _bounded_async(
     if remaining <= 0:
         raise _exceeded(label, scope, seconds)
     token = _DEADLINE.set(end) if end != deadline else None
-    # asyncio.timeout() semantics (cancel the task, tell our cancellation from anyone
-    # else's by the task's cancel count) at about half its cost: one timer handle, no
-    # async context manager, no state machine.
-    loop = asyncio.get_running_loop()
+    # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
+    # else's by the task's cancel count), armed on the loop's shared watchdog.
     task = asyncio.current_task()
-    fired = [False]
-    cancelling = task.cancelling() if task is not None else 0
-    timer = loop.call_at(loop.time() + remaining, _expire, task, fired)
+    if task is None:  # not inside a task (a bare coroutine driven by hand): no cancellation
+        return await fn(*args, **kwargs)
+    loop = asyncio.get_running_loop()
+    cancelling = task.cancelling()
+    watchdog = watchdog_for(loop)
+    watch = watchdog.arm(task, loop.time() + remaining)
     try:
         return await fn(*args, **kwargs)
     except asyncio.CancelledError:
-        if fired[0] and task is not None and task.uncancel() <= cancelling:
-            raise _exceeded(label, scope, seconds) from None
+        if watch.fired:
+            watch.fired = False
+            if task.uncancel() <= cancelling:
+                raise _exceeded(label, scope, seconds) from None
         raise
     finally:
-        timer.cancel()
+        watchdog.disarm(watch)
+        if watch.fired:  # we cancelled, but the call swallowed it: withdraw our cancel request
+            task.uncancel()
         if token is not None:
             _DEADLINE.reset(token)
-
-
-def _expire(task: asyncio.Task[Any] | None, fired: list[bool]) -> None:
-    fired[0] = True
-    if task is not None:
-        task.cancel()
 
 
 def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:

@@ -279,3 +279,55 @@ def test_sync_total_overrun_is_reported_too(events: list[Event]) -> None:
     assert [(e.name, e.fields["scope"], e.fields["interrupted"]) for e in events] == [
         ("timeout.exceeded", "total", False)
     ]
+
+
+async def test_a_call_that_swallows_our_cancellation_leaves_no_pending_cancel() -> None:
+    """If the function eats the CancelledError, our cancel request is withdrawn from the task."""
+
+    @resilient(timeout=0.02)
+    async def stubborn() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "unreachable"
+
+    assert await stubborn() == "swallowed"
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)  # and no stray cancellation arrives at the next await
+
+
+async def test_concurrent_deadlines_each_fire_on_time() -> None:
+    """Calls with different timeouts sharing the loop's watchdog each end near their own deadline."""
+    from resilient._timeout import watchdog_for  # noqa: PLC0415
+
+    async def timed(seconds: float) -> float:
+        @resilient(timeout=seconds)
+        async def hang() -> None:
+            await asyncio.Event().wait()
+
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await hang()
+        return time.monotonic() - started
+
+    timeouts = [0.2, 0.05, 0.15, 0.1, 0.05, 0.2]
+    elapsed = await asyncio.gather(*(timed(t) for t in timeouts))
+    for limit, took in zip(timeouts, elapsed, strict=True):
+        assert limit <= took + 0.005  # never early (beyond clock resolution)
+        assert took < limit + 0.1  # and promptly after
+    assert not watchdog_for(asyncio.get_running_loop())._watches  # nothing left armed
+
+
+async def test_finished_calls_leave_nothing_armed() -> None:
+    """Thousands of fast calls under a timeout keep the watchdog's set empty (memory follows concurrency)."""
+    from resilient._timeout import watchdog_for  # noqa: PLC0415
+
+    @resilient(timeout=5.0)
+    async def fast() -> int:
+        return 1
+
+    assert sum(await asyncio.gather(*(fast() for _ in range(2000)))) == 2000
+    assert not watchdog_for(asyncio.get_running_loop())._watches
