@@ -43,7 +43,7 @@ from typing import Any
 from resilient._breaker import CLOSED, EVENT_REJECTED, HALF_OPEN, OPEN, BreakerRuntime, CircuitBreaker, _call_listener
 from resilient._clock import CLOCK
 from resilient._errors import CircuitOpenError
-from resilient._storage import resolve_storage, store_for
+from resilient._storage import SharedStore, resolve_storage, store_for
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["DEFAULT_TTL", "SharedBreakerRuntime"]
@@ -166,6 +166,19 @@ _LOCAL: _Ticket = (0, False, False)
 _Plan = tuple[str, str, tuple[int, ...]]
 
 
+class _SharedState(str):
+    """A state name that equals its plain twin but is never identical to it (see `state`)."""
+
+    __slots__ = ()
+
+
+#: What `state` reads while Redis is healthy and the mirror is closed: equal to "closed" for
+#: every reader (spans, gauges, `testing.breaker_state`), but not the interned CLOSED that a
+#: driver's ``breaker.state is not CLOSED`` fast path skips admission on. A shared breaker
+#: must ask Redis on every call, since another process may have opened it.
+_ASK_REDIS = _SharedState(CLOSED)
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else bytes(value).decode()
 
@@ -174,14 +187,12 @@ class SharedBreakerRuntime(BreakerRuntime):
     """`BreakerRuntime` with its state in Redis; the inherited in-process state is the fallback."""
 
     shared = True
+    _local_state: str = CLOSED
 
     def __init__(self, config: CircuitBreaker) -> None:
+        self._store = store_for_config(config)
         super().__init__(config)
-        spec = resolve_storage("breaker.storage", config.storage)
-        if spec is None:  # pragma: no cover - __new__ only picks this class for Redis
-            raise ValueError("SharedBreakerRuntime needs a Redis storage")
-        self._store = store_for(spec)
-        self.key = f"{spec.key_prefix}:breaker:{config.name}:state"
+        self.key = f"{self._store.spec.key_prefix}:breaker:{config.name}:state"
         self._keys = (self.key,)
         reset_ms = max(math.ceil(config.reset_timeout * 1000), 1)
         self._ttl_ms = max(math.ceil(DEFAULT_TTL * 1000), 2 * reset_ms)
@@ -190,6 +201,18 @@ class SharedBreakerRuntime(BreakerRuntime):
         #: Which admission the current call holds; a context variable, so threads and tasks each see their own.
         self._ticket: ContextVar[_Ticket] = ContextVar(f"resilient.breaker.{config.name}", default=_LOCAL)
         self.reports_success = True
+
+    @property
+    def state(self) -> str:
+        """The last state seen (in-process state while degraded); see `_ASK_REDIS`."""
+        local = self._local_state
+        if local is CLOSED and self._store.healthy:
+            return _ASK_REDIS
+        return local
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._local_state = value
 
     @property
     def _local_reports(self) -> bool:
@@ -239,7 +262,7 @@ class SharedBreakerRuntime(BreakerRuntime):
     def _observe(self, state_name: str, *, moved: bool, label: str, error: BaseException | None = None) -> None:
         """Mirror Redis' state here; report the transition when this call made it."""
         state = _STATES.get(state_name, CLOSED)
-        if state is self.state:
+        if state is self._local_state:
             return
         with self._lock:
             transition = self._move_needs_lock(state, CLOCK.monotonic())
@@ -250,7 +273,7 @@ class SharedBreakerRuntime(BreakerRuntime):
 
     def on_success(self, *, probe: bool, duration: float, label: str) -> None:
         """Record a success in Redis when it can change something (a probe, counted failures)."""
-        if not self._ticket.get()[1]:
+        if self._local(probe):
             BreakerRuntime.on_success(self, probe=probe, duration=duration, label=label)
             return
         plan = self._plan_success(probe, duration)
@@ -258,7 +281,7 @@ class SharedBreakerRuntime(BreakerRuntime):
 
     async def aon_success(self, *, probe: bool, duration: float, label: str) -> None:
         """`on_success` through ``redis.asyncio``."""
-        if not self._ticket.get()[1]:
+        if self._local(probe):
             BreakerRuntime.on_success(self, probe=probe, duration=duration, label=label)
             return
         plan = self._plan_success(probe, duration)
@@ -266,7 +289,7 @@ class SharedBreakerRuntime(BreakerRuntime):
 
     def _record_failure(self, error: BaseException | None, *, probe: bool, label: str) -> None:
         # Reached from the inherited `on_failure` (excluded errors go to `on_success`).
-        if not self._ticket.get()[1]:
+        if self._local(probe):
             BreakerRuntime._record_failure(self, error, probe=probe, label=label)
             return
         plan = self._plan_failure(probe)
@@ -276,11 +299,19 @@ class SharedBreakerRuntime(BreakerRuntime):
         """`on_failure` through ``redis.asyncio``."""
         if not self._pb.is_system_error(error):
             await self.aon_success(probe=probe, duration=0.0, label=label)
-        elif not self._ticket.get()[1]:
+        elif self._local(probe):
             BreakerRuntime._record_failure(self, error, probe=probe, label=label)
         else:
             plan = self._plan_failure(probe)
             self._finish(plan, await self._arun(plan, label), error, probe=probe, label=label)
+
+    def _local(self, probe: bool) -> bool:
+        """Does this outcome go to the in-process state?
+
+        Yes when Redis did not admit the call, or for a non-probe when Redis has gone away
+        since. A probe that Redis admitted is never counted locally (its lease expires).
+        """
+        return not self._ticket.get()[1] or (not probe and not self._store.healthy)
 
     def on_abandon(self, probe: bool) -> None:
         """A cancelled probe gives its permit back (were this lost, the lease expires)."""
@@ -370,3 +401,11 @@ class SharedBreakerRuntime(BreakerRuntime):
                 store.client().delete(self.key)
             except store.errors as error:
                 store.degrade(error, self.name)
+
+
+def store_for_config(config: CircuitBreaker) -> SharedStore:
+    """The store of a breaker config's Redis storage."""
+    spec = resolve_storage("breaker.storage", config.storage)
+    if spec is None:  # pragma: no cover - BreakerRuntime.__new__ picks this class only for Redis
+        raise ValueError("SharedBreakerRuntime needs a Redis storage")
+    return store_for(spec)
