@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks import cases_core, cases_redis, cases_stack, cases_web
+from benchmarks import cases_core, cases_redis, cases_shared, cases_stack, cases_web
 from benchmarks._harness import FULL, QUICK, Case, Runner, print_progress, select
 from benchmarks._report import build_sections, header_line, render, to_json
 from benchmarks._support import configure_structlog_filtered, install_otel_sdk
@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
 def all_cases() -> list[Case]:
     """Every case, in table order; "sdk" cases are measured last whatever their place here."""
-    return [*cases_core.cases(), *cases_stack.cases(), *cases_web.cases(), *cases_redis.cases()]
+    return [
+        *cases_core.cases(),
+        *cases_stack.cases(),
+        *cases_web.cases(),
+        *cases_redis.cases(),
+        *cases_shared.cases(),
+    ]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

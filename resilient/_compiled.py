@@ -12,6 +12,7 @@ from resilient._pipeline import (
     admit_async,
     admit_sync,
     attempt_async,
+    attempt_async_shared,
     attempt_sync,
     deadline_async,
     deadline_sync,
@@ -41,6 +42,7 @@ class CompiledPolicy:
     __slots__ = (
         "async_after_admit",
         "async_after_deadline",
+        "async_attempt",
         "async_entry",
         "attempt_timeout",
         "bounded_async",
@@ -66,6 +68,7 @@ class CompiledPolicy:
         rate_limit: RateLimit | None,
         bulkhead: Bulkhead | None,
         fallback: Fallback | None,
+        name: str | None = None,
     ) -> None:
         self.total_timeout: float | None = timeout.total if timeout else None  # type: ignore[assignment]
         self.attempt_timeout: float | None = timeout.attempt if timeout else None  # type: ignore[assignment]
@@ -76,15 +79,19 @@ class CompiledPolicy:
         self.bounded_async = timeout is not None
         self.retry = RetryRuntime(retry) if retry else None
         self.breaker: BreakerRuntime | None = breaker_for(breaker) if breaker else None
-        self.limiter = LimiterRuntime(rate_limit) if rate_limit else None
+        # A shared (Redis) limit is keyed by RateLimit.name, else the policy's name.
+        self.limiter = LimiterRuntime(rate_limit, scope=name) if rate_limit else None
         self.bulkhead = BulkheadRuntime(bulkhead) if bulkhead else None
         self.fallback = FallbackRuntime(fallback) if fallback else None
         self._link_layers()
 
     def _link_layers(self) -> None:
         """Point each layer at the next configured one, so absent layers cost no call."""
+        # A breaker kept in Redis is awaited on the async side (redis.asyncio), never blocking the loop.
+        shared = self.breaker is not None and self.breaker.shared
+        self.async_attempt: Layer = attempt_async_shared if shared else attempt_async
         after_deadline: tuple[Layer, Layer] = (
-            (retry_sync, retry_async) if self.retry is not None else (attempt_sync, attempt_async)
+            (retry_sync, retry_async) if self.retry is not None else (attempt_sync, self.async_attempt)
         )
         after_admit: tuple[Layer, Layer] = (
             (deadline_sync, deadline_async) if self.total_timeout is not None else after_deadline

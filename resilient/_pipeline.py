@@ -34,6 +34,7 @@ from resilient.instrumentation._hub import HUB, outcome_of
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from resilient._breaker import BreakerRuntime
     from resilient._compiled import CompiledPolicy
     from resilient._ratelimit import LimiterRuntime
     from resilient.instrumentation._otel import CallObservation
@@ -42,6 +43,7 @@ __all__ = [
     "admit_async",
     "admit_sync",
     "attempt_async",
+    "attempt_async_shared",
     "attempt_sync",
     "deadline_async",
     "deadline_sync",
@@ -182,7 +184,7 @@ async def admit_async(
     limiter = cp.limiter
     if limiter is not None:
         key = limiter.key_of(args, kwargs) if limiter.keyed else ""
-        wait = limiter.try_acquire(key)
+        wait = await limiter.atry_acquire(key) if limiter.shared else limiter.try_acquire(key)
         if wait:
             await _wait_for_rate_slot_async(limiter, key, wait, label)
     bulkhead = cp.bulkhead
@@ -214,7 +216,7 @@ async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: flo
             raise limiter.reject(key, wait, label)
         await CLOCK.asleep(wait)
         budget -= wait
-        wait = limiter.try_acquire(key)
+        wait = await limiter.atry_acquire(key) if limiter.shared else limiter.try_acquire(key)
 
 
 def _breaker_opened(cp: CompiledPolicy) -> bool:
@@ -326,7 +328,7 @@ async def retry_async(
     call: RetryCall | None = None
     while True:
         try:
-            result = await attempt_async(cp, label, fn, args, kwargs, obs)
+            result = await cp.async_attempt(cp, label, fn, args, kwargs, obs)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
@@ -420,6 +422,40 @@ async def attempt_async(
         obs.attempt_finished(duration, ok=True)
     if breaker is not None and (probe or breaker.reports_success):
         breaker.on_success(probe=probe, duration=duration, label=label)
+    return result
+
+
+async def attempt_async_shared(
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    obs: CallObservation | None,
+) -> Any:
+    """`attempt_async` for a breaker kept in Redis: its decisions are awaited (redis.asyncio)."""
+    breaker: BreakerRuntime = cp.breaker  # type: ignore[assignment]
+    probe = await breaker.aacquire(label)  # always: another process may have opened it
+    timed = obs is not None or breaker.timed
+    start = CLOCK.monotonic() if timed else 0.0
+    try:
+        if cp.bounded_async:
+            result = await _bounded_async(cp, label, fn, args, kwargs)
+        else:
+            result = await fn(*args, **kwargs)
+    except Exception as error:
+        if obs is not None:
+            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
+        await breaker.aon_failure(error, probe=probe, label=label)
+        raise
+    except BaseException:
+        await breaker.aon_abandon(probe)
+        raise
+    duration = CLOCK.monotonic() - start if timed else 0.0
+    if obs is not None:
+        obs.attempt_finished(duration, ok=True)
+    if probe or breaker.reports_success:
+        await breaker.aon_success(probe=probe, duration=duration, label=label)
     return result
 
 

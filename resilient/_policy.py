@@ -139,6 +139,7 @@ class Policy:
             rate_limit=self.rate_limit,
             bulkhead=self.bulkhead,
             fallback=self.fallback,
+            name=name,
         )
 
     def __repr__(self) -> str:

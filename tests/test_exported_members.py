@@ -23,6 +23,7 @@ EXPORTED = [
     "Retry",
     "RetryBudget",
     "Timeout",
+    "configure_storage",
     "deadline",
     "resilient",
 ]

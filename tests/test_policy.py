@@ -134,9 +134,9 @@ BAD_OPTIONS = [
         id="breaker-exclude",
     ),
     pytest.param(
-        build(CircuitBreaker, name="b", storage="redis://x"),
+        build(CircuitBreaker, name="b", storage="mongo://x"),
         ValueError,
-        ("breaker.storage", "'memory://'", "'redis://x'"),
+        ("breaker.storage", "'memory://'", "'mongo://x'"),
         id="breaker-storage",
     ),
     pytest.param(

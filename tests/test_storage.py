@@ -326,7 +326,6 @@ def test_memory_runtimes_never_touch_the_storage_module(monkeypatch: pytest.Monk
     assert limiter.try_acquire("") == 0.0
 
 
-@pytest.mark.xfail(reason="needs the async driver to await the runtimes' a-twins (_pipeline.py change)", strict=False)
 async def test_async_callers_never_block_the_event_loop() -> None:
     """While an async call waits on a silent Redis, other tasks of the loop keep running."""
     with socket.socket() as black_hole:
