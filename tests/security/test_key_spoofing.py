@@ -100,13 +100,6 @@ def test_chain_of_trusted_proxies_and_garbage_hops(send: Send, events: list[Even
     assert clients(events) == ["198.51.100.8", "10.0.0.5"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "resilient/_edge.py ClientResolver._trusted compares an IPv4-mapped IPv6 peer (::ffff:10.1.2.3, what a "
-        "dual-stack listener reports) with IPv4 networks, which never matches: the trusted proxy is not recognised"
-    ),
-)
 def test_a_trusted_proxy_seen_through_a_dual_stack_socket(send: Send, events: list[Event]) -> None:
     """A trusted proxy whose address arrives IPv4-mapped (::ffff:10.1.2.3) still reveals each client."""
     mapped = f"::ffff:{PROXY}"
