@@ -24,8 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from resilient._clock import CLOCK
-from resilient._ratelimit import LimiterRuntime, RateLimit, _FixedWindow, _MovingWindow, _SlidingWindow, _Window
+from resilient._ratelimit import LimiterRuntime, RateLimit
 from resilient._storage import check_storage
 from resilient._validate import check_int, check_seconds
 from resilient.instrumentation._hub import HUB
@@ -427,37 +426,7 @@ class Limiter:
 
     def _states(self, key: str) -> list[tuple[int, float]]:
         """(remaining, seconds to reset) per limit item, from the in-process windows."""
-        runtime = self._runtime
-        if runtime.shared:
-            return []
-        now = CLOCK.monotonic()
-        with runtime._lock:
-            windows = runtime._keys.get(key)
-            return [] if windows is None else [window_state(window, now) for window in windows]
-
-
-def window_state(window: _Window, now: float) -> tuple[int, float]:
-    """What a core rate-limit window leaves for its key: (remaining, seconds until it resets).
-
-    Reads the window without changing it (the core has no public accessor yet).
-    """
-    amount, period = window._amount, window._period
-    if isinstance(window, _FixedWindow):
-        if now - window._start >= period:
-            return amount, 0.0
-        return max(amount - window._count, 0), window._start + period - now
-    if isinstance(window, _SlidingWindow):
-        start, previous, current = window._start, window._previous, window._current
-        elapsed = now - start
-        if elapsed >= period:
-            windows = int(elapsed // period)
-            previous, current, start = (current if windows == 1 else 0), 0, start + windows * period
-        used = previous * (1.0 - (now - start) / period) + current
-        return max(amount - math.ceil(used), 0), start + period - now
-    if isinstance(window, _MovingWindow):
-        live = [stamp for stamp in window._times if stamp > now - period]
-        return max(amount - len(live), 0), (live[0] + period - now) if live else 0.0
-    return amount, 0.0
+        return [] if self._runtime.shared else self._runtime.state(key)
 
 
 def rate_limit_headers(decision: RateDecision, policy_header: bytes, *, legacy: bool) -> list[tuple[bytes, bytes]]:

@@ -107,6 +107,10 @@ class _Window:
     def commit(self, now: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def state(self, now: float) -> tuple[int, float]:  # noqa: ARG002 - overridden by every window
+        """(calls still allowed, seconds until the window resets), without changing anything."""
+        return self._amount, 0.0
+
     def admit(self, now: float) -> float:
         """`check`, and `commit` when admitted."""
         wait = self.check(now)
@@ -137,6 +141,11 @@ class _FixedWindow(_Window):
         self._count += 1
         self.expires = self._start + self._period
 
+    def state(self, now: float) -> tuple[int, float]:
+        if now - self._start >= self._period:
+            return self._amount, 0.0
+        return max(self._amount - self._count, 0), self._start + self._period - now
+
 
 class _SlidingWindow(_Window):
     """Weighted two-window counter: previous window's count decays linearly."""
@@ -148,6 +157,15 @@ class _SlidingWindow(_Window):
         self._start = 0.0
         self._current = 0
         self._previous = 0
+
+    def state(self, now: float) -> tuple[int, float]:
+        start, previous, current = self._start, self._previous, self._current
+        elapsed = now - start
+        if elapsed >= self._period:
+            windows = int(elapsed // self._period)
+            previous, current, start = (current if windows == 1 else 0), 0, start + windows * self._period
+        used = previous * (1.0 - (now - start) / self._period) + current
+        return max(self._amount - math.ceil(used), 0), start + self._period - now
 
     def _roll(self, now: float) -> None:
         elapsed = now - self._start
@@ -208,6 +226,11 @@ class _MovingWindow(_Window):
     def commit(self, now: float) -> None:
         self._times.append(now)
         self.expires = now + self._period
+
+    def state(self, now: float) -> tuple[int, float]:
+        horizon = now - self._period
+        live = [stamp for stamp in self._times if stamp > horizon]
+        return max(self._amount - len(live), 0), (live[0] + self._period - now) if live else 0.0
 
 
 _WINDOWS: dict[str, type[_Window]] = {
@@ -284,6 +307,16 @@ class LimiterRuntime:
         if len(self._keys) >= self._max_keys:
             for key in list(self._keys)[: len(self._keys) // 2 + 1]:
                 del self._keys[key]
+
+    def state(self, key: str) -> list[tuple[int, float]]:
+        """(calls still allowed, seconds until reset) per limit item for `key`, read-only.
+
+        Empty for a key never seen, and for shared storages (their windows live in Redis).
+        """
+        now = CLOCK.monotonic()
+        with self._lock:
+            windows = self._keys.get(key)
+            return [] if windows is None else [window.state(now) for window in windows]
 
     @property
     def key_count(self) -> int:

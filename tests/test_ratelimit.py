@@ -446,3 +446,22 @@ def test_waiting_retry_after_admits_when_nobody_else_came(case: tuple[str, list[
 def test_sliding_window_admits_exactly_at_retry_after() -> None:
     """Sliding window: waiting exactly retry_after is enough (a float-rounding case hypothesis found)."""
     wait_out_rejections("sliding-window", "3/second", [1000.0] * 4 + [1001.5])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_state_reports_remaining_calls_without_consuming_them(algorithm: Algorithm, clock: FakeClock) -> None:
+    """`LimiterRuntime.state` says how many calls are left and when the window resets, read-only."""
+    limiter = LimiterRuntime(RateLimit("5/second", algorithm=algorithm))
+    assert limiter.state("") == []  # a key never seen has no state
+    for _ in range(3):
+        assert limiter.try_acquire("") == 0.0
+    (before,) = limiter.state("")
+    (again,) = limiter.state("")
+    assert before == again  # reading twice consumes nothing
+    remaining, reset_after = before
+    assert remaining == 2
+    assert 0.0 < reset_after <= 1.0
+    for _ in range(2):
+        assert limiter.try_acquire("") == 0.0
+    assert limiter.state("")[0][0] == 0
+    assert limiter.try_acquire("") > 0.0
