@@ -34,7 +34,10 @@ __all__ = ["EVENT_REJECTED", "LimiterRuntime", "RateLimit", "SharedLimiterRuntim
 
 Algorithm = Literal["sliding-window", "fixed-window", "moving-window"]
 ALGORITHMS: tuple[Algorithm, ...] = ("sliding-window", "fixed-window", "moving-window")
-DEFAULT_ALGORITHM: Algorithm = "sliding-window"
+# Exact by default: the weighted two-window counter misjudges small quotas (a steady
+# "1/minute" gets every other call rejected); the moving window holds at most `amount`
+# timestamps per key, which is cheap for the few keys a decorator limits.
+DEFAULT_ALGORITHM: Algorithm = "moving-window"
 DEFAULT_MAX_KEYS = 100_000
 EVENT_REJECTED = "ratelimit.rejected"
 
@@ -45,9 +48,10 @@ KeyFunction = Callable[..., str]
 class RateLimit:
     """At most `limit` calls (limits notation, e.g. ``"100/second"``) per key.
 
-    `algorithm`: ``"sliding-window"`` (default; weighted counter, O(1) memory, no burst at
-    window edges), ``"fixed-window"`` (cheapest, allows 2x bursts across an edge) or
-    ``"moving-window"`` (exact, remembers each admitted call). `key` receives the call's
+    `algorithm`: ``"moving-window"`` (default; exact: at most `limit` calls in any window,
+    remembers each admitted call, so up to `limit` timestamps per key), ``"sliding-window"``
+    (weighted two-window counter, O(1) memory per key, approximate: too strict for quotas of
+    a few calls) or ``"fixed-window"`` (cheapest, allows 2x bursts across a window edge). `key` receives the call's
     arguments and returns the key to limit by (default: one limit for all calls).
     `max_wait` > 0 waits for a slot (within any deadline) instead of rejecting at once.
     `storage`: ``"memory://"`` (per process) or a Redis URI shared by every process (None:
