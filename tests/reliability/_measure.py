@@ -6,6 +6,7 @@ and adds the same figures to a JSON file (its path is printed once per session).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ __all__ = [
     "MetricDelta",
     "OutcomeDeck",
     "hanging_upstream_process",
+    "heap_frozen",
     "library_logs_dropped",
     "open_fds",
     "percentile",
@@ -156,6 +159,34 @@ with FaultyUpstream(default=Fault.hang({hang}), max_lifetime={lifetime}, max_rec
     print(upstream.port, flush=True)
     sys.stdin.read()  # serve until the parent closes our stdin
 """
+
+
+@contextmanager
+def heap_frozen() -> Iterator[list[float]]:
+    """Freeze what the test session allocated so far out of the collector's reach; yield GC pauses.
+
+    After a thousand tests the heap is large and a full collection of it can stall every
+    thread for tens of milliseconds, whatever the code under test does (`gc.freeze`, meant
+    for exactly this). Garbage the scenario itself makes is still collected; the pauses
+    that happen meanwhile are yielded (seconds each) so they can be reported.
+    """
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def watch(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append(time.perf_counter() - started.pop())
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(watch)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(watch)
+        gc.unfreeze()
 
 
 @contextmanager
