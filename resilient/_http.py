@@ -46,7 +46,7 @@ from resilient._retry import Retry
 from resilient._validate import check_int, check_name, check_seconds
 from resilient.deadline import _DEADLINE, HEADER, format_header
 from resilient.instrumentation._hub import HUB, outcome_of
-from resilient.instrumentation._otel import CallObservation, _error_type
+from resilient.instrumentation._otel import CallObservation, _error_type, _redacted_exception
 from resilient.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -639,11 +639,14 @@ class Engine:
         span = exchange.span
         if span is not None:
             span.set_attribute("error.type", _error_type(error))
-            span.record_exception(error)
+            span.record_exception(error, attributes=_redacted_exception(error))
             span.set_status(Status(StatusCode.ERROR, _error_type(error)))
         if isinstance(error, Exception):
-            self._log(exchange, logging.WARNING, error, None)
-            self._end(exchange, outcome_of(error)[0], error)
+            outcome = outcome_of(error)[0]
+            # A rejection (open circuit, rate limit) is logged where it happens, once per
+            # transition; a line per fail-fast request would flood the logs during an outage.
+            self._log(exchange, logging.DEBUG if outcome == "rejected" else logging.WARNING, error, None)
+            self._end(exchange, outcome, error)
         else:
             self._end(exchange, "cancelled", None)
 

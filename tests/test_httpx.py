@@ -458,6 +458,20 @@ def test_one_log_event_per_request(drivers: Callable[..., Driver], events: list[
     assert requests[0].fields["duration"] >= 0
 
 
+def test_fail_fast_requests_are_logged_at_debug(drivers: Callable[..., Driver], events: list[Event]) -> None:
+    """During an outage the breaker's rejections log at DEBUG: one WARNING per opening, not per request."""
+    client = drivers(breaker=CircuitBreaker(name="quiet-outage", failure_threshold=1), retry=False)
+    url = f"http://127.0.0.1:{closed_port()}/"
+    with pytest.raises(httpx.ConnectError):
+        client.request("GET", url)
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            client.request("GET", url)
+    levels = [e.level for e in events if e.name == rh.EVENT_REQUEST]
+    assert levels == [logging.WARNING] + [logging.DEBUG] * 5
+    assert [e.name for e in events if e.level >= logging.WARNING] == ["breaker.opened", rh.EVENT_REQUEST]
+
+
 def calls_counted(reader: InMemoryMetricReader, name: str) -> dict[str, float]:
     """`resilient.calls` for one policy label, by outcome (cumulative)."""
     counted: dict[str, float] = {}
