@@ -246,7 +246,7 @@ def test_an_outage_degrades_to_local_state_and_recovery_restores_sharing(
     client = redis.Redis.from_url(server.url)
     try:
         assert client.exists(
-            f"{prefix}:ratelimit:LIMITER/outage/sliding-window//1000/1/minute".replace("LIMITER", "{LIMITER") + "}"
+            f"{prefix}:ratelimit:LIMITER/outage/moving-window//1000/1/minute"  # the default algorithm
         )
     finally:
         client.close()
