@@ -24,14 +24,16 @@ __all__ = ["LOGGER_NAME", "EventLogger"]
 LOGGER_NAME = "resilient"
 
 # Fields the library itself fills with numbers, names of its own objects or enumerated
-# words: no secret can be in them, so they skip the (comparatively costly) redaction scan.
-# Everything else (error messages, URLs, paths, user agents) is redacted.
+# words, and the URLs its integrations already passed through `redact_url` (`url` from the
+# httpx transports, `path` from the middleware; `client` is a parsed IP address): no secret
+# can be in them, so they skip the (comparatively costly) redaction scan. Everything else
+# (error messages, user agents, fields a listener-facing caller adds) is redacted here.
 SAFE_FIELDS = frozenset(
     {
-        "policy", "attempt", "attempts", "delay", "reason", "breaker", "previous", "reset_timeout",
+        "policy", "attempt", "attempts", "delay", "breaker", "previous", "reset_timeout",
         "retry_after", "limit", "max_concurrent", "scope", "timeout", "interrupted", "error_type",
         "method", "status", "status_code", "duration", "duration_ms", "bytes", "request_id", "route",
-        "storage", "trace_id", "span_id",
+        "storage", "trace_id", "span_id", "url", "path", "client", "rejection",
     }
 )  # fmt: skip
 
