@@ -236,10 +236,13 @@ _TRIGGERS: Final = (
 )  # fmt: skip
 
 
+# One alternation scanned in C, instead of one `in` test per trigger in Python.
+_TRIGGER_RE: Final = re.compile("|".join(re.escape(trigger) for trigger in _TRIGGERS))
+
+
 def _may_hold_secret(text: str) -> bool:
     """Whether any redaction rule could match: the fast path for ordinary text."""
-    lowered = text.lower()
-    return any(trigger in lowered for trigger in _TRIGGERS)
+    return _TRIGGER_RE.search(text.lower()) is not None
 
 
 # PEM private keys (RSA, EC, OPENSSH, ENCRYPTED...), whole block or truncated at the end.
