@@ -231,6 +231,19 @@ class _MovingWindow(_Window):
         self._times.append(now)
         self.expires = now + self._period
 
+    def admit(self, now: float) -> float:
+        # check() and commit() fused: the default algorithm's single-limit case is one call.
+        times = self._times
+        period = self._period
+        horizon = now - period
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) < self._amount:
+            times.append(now)
+            self.expires = now + period
+            return 0.0
+        return times[0] + period - now
+
     def state(self, now: float) -> tuple[int, float]:
         horizon = now - self._period
         live = [stamp for stamp in self._times if stamp > horizon]
