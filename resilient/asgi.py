@@ -52,6 +52,7 @@ from resilient._edge import (
     report_unhandled,
     start_server_span,
 )
+from resilient._timeout import watchdog_for
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
@@ -105,15 +106,16 @@ class _AsyncGate:
 
 
 class _Timer:
-    """The request deadline's timer: what `asyncio.timeout` does, with one timer handle.
+    """The request deadline: `asyncio.timeout` semantics on the loop's shared deadline watchdog.
 
-    `asyncio.timeout` costs several microseconds per request (a context manager object, a
-    reschedule on entry and another to lift it); this keeps only the handle. It follows the
-    same cancellation accounting: the task's cancel request is withdrawn (`uncancel`) when
-    the timer fired, and only a cancellation the timer caused becomes a `TimeoutError`.
+    `asyncio.timeout` costs several microseconds per request (a context manager, a timer
+    handle, a reschedule); the core's `DeadlineWatchdog` keeps one timer per event loop, so
+    arming is a set insertion. Same cancellation accounting: the task's cancel request is
+    withdrawn (`uncancel`) when the watchdog fired, and only a cancellation it caused
+    becomes a `TimeoutError`.
     """
 
-    __slots__ = ("_cancelling", "_handle", "_settled", "_task", "expired")
+    __slots__ = ("_cancelling", "_settled", "_task", "_watch", "_watchdog")
 
     def __init__(self, delay: float) -> None:
         task = asyncio.current_task()
@@ -121,20 +123,23 @@ class _Timer:
             raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
         self._task = task
         self._cancelling = task.cancelling()
-        self.expired = self._settled = False
-        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._settled = False
+        loop = asyncio.get_running_loop()
+        self._watchdog = watchdog_for(loop)
+        self._watch = self._watchdog.arm(task, loop.time() + delay)
 
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline passed (and the task was cancelled for it)."""
+        return self._watch.fired
 
     def stop(self) -> None:
         """Disarm the timer (idempotent): the response is complete or the app returned."""
-        self._handle.cancel()
+        self._watchdog.disarm(self._watch)
 
     def settle(self) -> bool:
         """After the app: withdraw our cancel request; True when it is what stopped the app."""
-        if not self.expired or self._settled:
+        if not self._watch.fired or self._settled:
             return False
         self._settled = True
         return self._task.uncancel() <= self._cancelling
