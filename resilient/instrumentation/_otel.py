@@ -40,6 +40,10 @@ _REJECTION_EVENTS = {
     "fallback.used": "resilient.fallbacks",
 }
 
+# One line per request that the integrations' own SERVER/CLIENT span already carries as
+# attributes: repeating them as a span event would cost an SDK event per request for nothing.
+_SUMMARY_EVENTS = frozenset({"http.access", "http.request"})
+
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 _STATE_AFTER = {"breaker.opened": "open", "breaker.half_opened": "half-open", "breaker.closed": "closed"}
 
@@ -228,7 +232,7 @@ class Otel:
 
     def add_span_event(self, event: Event) -> None:
         """Attach an event to the current span (e.g. one per retry), if it is recording."""
-        if self._tracer is None or not self.tracing_enabled:
+        if self._tracer is None or not self.tracing_enabled or event.name in _SUMMARY_EVENTS:
             return
         span = trace.get_current_span()
         if not span.is_recording():
