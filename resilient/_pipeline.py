@@ -365,7 +365,8 @@ def attempt_sync(
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_sync:
         return fn(*args, **kwargs)
-    probe = breaker.acquire(label) if breaker is not None and breaker.state is not CLOSED else False
+    # A closed in-process breaker admits without a call; a shared one always asks Redis.
+    probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = CLOCK.monotonic() if timed else 0.0
     try:
@@ -399,7 +400,8 @@ async def attempt_async(
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_async:
         return await fn(*args, **kwargs)
-    probe = breaker.acquire(label) if breaker is not None and breaker.state is not CLOSED else False
+    # A closed in-process breaker admits without a call; a shared one always asks Redis.
+    probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = CLOCK.monotonic() if timed else 0.0
     try:

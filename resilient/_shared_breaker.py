@@ -166,19 +166,6 @@ _LOCAL: _Ticket = (0, False, False)
 _Plan = tuple[str, str, tuple[int, ...]]
 
 
-class _SharedState(str):
-    """A state name that equals its plain twin but is never identical to it (see `state`)."""
-
-    __slots__ = ()
-
-
-#: What `state` reads while Redis is healthy and the mirror is closed: equal to "closed" for
-#: every reader (spans, gauges, `testing.breaker_state`), but not the interned CLOSED that a
-#: driver's ``breaker.state is not CLOSED`` fast path skips admission on. A shared breaker
-#: must ask Redis on every call, since another process may have opened it.
-_ASK_REDIS = _SharedState(CLOSED)
-
-
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else bytes(value).decode()
 
@@ -204,11 +191,12 @@ class SharedBreakerRuntime(BreakerRuntime):
 
     @property
     def state(self) -> str:
-        """The last state seen (in-process state while degraded); see `_ASK_REDIS`."""
-        local = self._local_state
-        if local is CLOSED and self._store.healthy:
-            return _ASK_REDIS
-        return local
+        """The last state seen in Redis (the in-process state while degraded).
+
+        Only a mirror: the drivers call `acquire` on every call of a shared breaker
+        (`shared` is True), since another process may have opened it meanwhile.
+        """
+        return self._local_state
 
     @state.setter
     def state(self, value: str) -> None:
