@@ -232,20 +232,35 @@ class SharedStore:
         retrying that once on a fresh connection is what separates "Redis restarted" from
         "Redis is down". Timeouts are never retried (that would double the wait); the
         default redis-py retries (3, with backoff) would make a dead Redis cost seconds.
+        A cluster client cannot tell the two apart, so it does not retry at all.
         """
+        from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415 - optional dependency
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+
+        retry = AsyncRetry if asynchronous else Retry
         options: dict[str, Any] = {
             "key_prefix": f"{self.spec.key_prefix}:ratelimit",
             "socket_timeout": self.spec.timeout,
             "socket_connect_timeout": self.spec.connect_timeout,
         }
-        if self.spec.scheme != "redis+cluster":  # the cluster client has retry settings of its own
-            from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415 - optional dependency
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-            from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
-            from redis.retry import Retry  # noqa: PLC0415
-
-            retry = AsyncRetry if asynchronous else Retry
-            options["retry"] = retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if self.spec.scheme == "redis+cluster":
+            # The cluster client retries a command on any node error (timeouts included)
+            # after re-reading the slot layout, 3 times by default: a silent node cost a sync
+            # call over a second. Its `retry` sets only that count (its nodes never retry).
+            options["retry"] = retry(NoBackoff(), 0)
+            return options
+        options["retry"] = retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if self.spec.scheme == "redis+sentinel":
+            # Every new connection asks a Sentinel where the master is. limits hands the
+            # Sentinels `sentinel_kwargs={}`, so without these they would get no timeout at
+            # all (a silent Sentinel hung the call) and redis-py's default retries.
+            options["sentinel_kwargs"] = {
+                "socket_timeout": self.spec.timeout,
+                "socket_connect_timeout": self.spec.connect_timeout,
+                "retry": retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            }
         return options
 
     # -- sync ---------------------------------------------------------------------------
@@ -369,7 +384,8 @@ class SharedStore:
             self._sync_strategies.clear()
             self.healthy = True
         if storage is not None:
-            storage.get_connection().close()
+            for client in _redis_clients(storage):
+                client.close()
 
 
 async def _close_at_loop_shutdown(store: SharedStore, clients: _LoopClients) -> AsyncIterator[None]:
@@ -378,8 +394,32 @@ async def _close_at_loop_shutdown(store: SharedStore, clients: _LoopClients) -> 
         yield
     finally:
         store.forget_loop(asyncio.get_running_loop())
-        with contextlib.suppress(Exception):
-            await clients.client.aclose()
+        for client in _redis_clients(clients.limits_storage.bridge):
+            with contextlib.suppress(Exception):
+                await _aclose(client)
+
+
+async def _aclose(client: Any) -> None:
+    await client.aclose()
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is not None:
+        # redis.asyncio's RedisCluster.aclose() does nothing once a node error has marked
+        # the client for re-initialization (redis-py 8.1), leaving every connection open.
+        await nodes.aclose()
+        await nodes.aclose("startup_nodes")
+
+
+def _redis_clients(holder: Any) -> list[Any]:
+    """Every redis-py client a `limits` storage (sync) or bridge (async) holds.
+
+    One for ``redis://`` and ``redis+cluster://``; a Sentinel storage also has a replica
+    client and one client per Sentinel, each with connections of its own to close.
+    """
+    found = [holder.storage, getattr(holder, "storage_slave", None), getattr(holder, "storage_replica", None)]
+    sentinel = getattr(holder, "sentinel", None)
+    if sentinel is not None:
+        found.extend(sentinel.sentinels)
+    return [client for client in found if client is not None]
 
 
 _STORES: dict[StorageSpec, SharedStore] = {}
