@@ -16,11 +16,13 @@ from resilient._edge import (
     accept_request_id,
     build_options,
     content_length_verdict,
-    display_target,
     effective_timeout,
     error_body,
-    loggable,
     rate_limit_headers,
+)
+from resilient._edge_telemetry import (
+    display_target,
+    loggable,
 )
 from resilient.asgi import ResilientMiddleware
 from resilient.wsgi import ResilientWSGIMiddleware
