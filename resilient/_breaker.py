@@ -426,6 +426,17 @@ def _same_definition(a: CircuitBreaker, b: CircuitBreaker) -> bool:
     return a == b and (a.pybreaker is b.pybreaker or b.pybreaker is None)
 
 
+def forget_breaker(runtime: BreakerRuntime) -> None:
+    """Drop one breaker from the registry if it is still the one registered under its name.
+
+    For owners of many short-lived breakers (the httpx transports' per-host breakers) so the
+    registry stays bounded.
+    """
+    with _REGISTRY_LOCK:
+        if _REGISTRY.get(runtime.name) is runtime:
+            del _REGISTRY[runtime.name]
+
+
 def breaker_states() -> Iterator[tuple[str, str]]:
     """(name, state) of every named breaker, for the state gauge."""
     for name, runtime in list(_REGISTRY.items()):

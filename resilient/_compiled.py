@@ -85,6 +85,19 @@ class CompiledPolicy:
         self.fallback = FallbackRuntime(fallback) if fallback else None
         self._link_layers()
 
+    def without_retry(self) -> CompiledPolicy:
+        """The same runtime objects (one rate limiter, one bulkhead, one breaker) minus retry.
+
+        For calls that must run once whatever the policy says (a non-idempotent HTTP request):
+        they still count against the policy's shared limits.
+        """
+        once = object.__new__(CompiledPolicy)
+        for slot in CompiledPolicy.__slots__:
+            setattr(once, slot, getattr(self, slot))
+        once.retry = None
+        once._link_layers()  # re-point the deadline layer straight at the attempt
+        return once
+
     def _link_layers(self) -> None:
         """Point each layer at the next configured one, so absent layers cost no call."""
         # A breaker kept in Redis is awaited on the async side (redis.asyncio), never blocking the loop.

@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from resilient._breaker import _REGISTRY, _REGISTRY_LOCK, BreakerRuntime, CircuitBreaker, breaker_for
+from resilient._breaker import _REGISTRY, BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
 from resilient._clock import CLOCK
 from resilient._context import REQUEST_ID
 from resilient._errors import DeadlineExceededError
@@ -278,7 +278,7 @@ def build_options(options: TransportOptions) -> _Options:
     return _Options(
         label=label,
         retrying=compiled,
-        once=_without_retry(compiled),
+        once=compiled.without_retry(),
         template=template,
         per_host_limit=per_host,
         retry_statuses=normalise_statuses("retry_statuses", options.get("retry_statuses", RETRY_STATUSES)),
@@ -403,16 +403,6 @@ def _retry_after_hint(
     return hint
 
 
-def _without_retry(compiled: CompiledPolicy) -> CompiledPolicy:
-    """The same runtime (one rate limiter, one bulkhead) minus the retry layer."""
-    once = object.__new__(type(compiled))
-    for slot in type(compiled).__slots__:
-        setattr(once, slot, getattr(compiled, slot))
-    once.retry = None
-    once._link_layers()  # re-point the deadline layer straight at the attempt
-    return once
-
-
 # ---------------------------------------------------------------------- per-host state
 
 
@@ -463,7 +453,7 @@ class _Hosts:
             self._hosts[key] = host
             evicted = self._hosts.popitem(last=False)[1] if len(self._hosts) > self._max else None
         if evicted is not None and evicted.breaker is not None:
-            _forget(evicted.breaker)
+            forget_breaker(evicted.breaker)
         return host
 
     def breakers(self) -> dict[str, BreakerRuntime]:
@@ -473,13 +463,6 @@ class _Hosts:
 def _origin(scheme: str, host: str, port: int | None) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"{scheme}://{shown}:{port or DEFAULT_PORTS.get(scheme, 0)}"
-
-
-def _forget(breaker: BreakerRuntime) -> None:
-    """Drop an evicted host's breaker from the process registry, so the registry stays bounded."""
-    with _REGISTRY_LOCK:
-        if _REGISTRY.get(breaker.name) is breaker:
-            del _REGISTRY[breaker.name]
 
 
 # ---------------------------------------------------------------------- one logical request
