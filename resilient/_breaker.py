@@ -412,18 +412,13 @@ def breaker_for(config: CircuitBreaker | str) -> BreakerRuntime:
             runtime = BreakerRuntime(config if isinstance(config, CircuitBreaker) else CircuitBreaker(name=name))
             _REGISTRY[name] = runtime
             return runtime
-    if isinstance(config, CircuitBreaker) and not _same_definition(existing.config, config):
+    # Dataclass equality covers every setting, the wrapped pybreaker object by identity.
+    if isinstance(config, CircuitBreaker) and existing.config != config:
         raise ValueError(
             f"breaker.name {name!r} is already defined with different settings "
             f"({existing.config!r}); reuse that CircuitBreaker or refer to it by name"
         )
     return existing
-
-
-def _same_definition(a: CircuitBreaker, b: CircuitBreaker) -> bool:
-    if b.pybreaker is None and a.pybreaker is not None:
-        return False
-    return a == b and (a.pybreaker is b.pybreaker or b.pybreaker is None)
 
 
 def forget_breaker(runtime: BreakerRuntime) -> None:

@@ -10,6 +10,7 @@ what the callers saw and what the dependency had to absorb.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import threading
 import time
@@ -70,8 +71,6 @@ class RunResult:
 
 def _fault_plan(config: DemoConfig, started: list[float]) -> Callable[[ReceivedRequest], Fault]:
     """Flaky, then down (every request a 503), then flaky again, by time since the run began."""
-    import random  # noqa: PLC0415 - only the demo needs it
-
     rng = random.Random(config.seed)  # noqa: S311 - fault choice, not security
     run_length = config.duration / 2
     flaky = [

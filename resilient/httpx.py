@@ -130,7 +130,7 @@ class ResilientTransport(httpx.BaseTransport):
 class AsyncResilientTransport(httpx.AsyncBaseTransport):
     """The async twin of `ResilientTransport` for `httpx.AsyncClient`: same options, same behaviour.
 
-    Timeouts cancel the attempt for real (`asyncio.timeout`), so a total deadline holds
+    Timeouts cancel the attempt for real (the event loop's deadline watchdog), so a total deadline holds
     even while the server keeps the response back.
     """
 
