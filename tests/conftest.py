@@ -29,6 +29,9 @@ from resilient import instrumentation, testing
 from resilient._clock import CLOCK
 from resilient.instrumentation._hub import HUB
 
+#: Fixtures of the shared-storage tests (`prefix`, `uri`, `client`), in one place.
+pytest_plugins = ["tests._redis_fixtures"]
+
 _EXPORTER = InMemorySpanExporter()
 _TRACER_PROVIDER = TracerProvider()
 _TRACER_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
@@ -77,6 +80,20 @@ def events() -> Iterator[list[instrumentation.Event]]:
     instrumentation.add_listener(seen.append)
     yield seen
     instrumentation.remove_listener(seen.append)
+
+
+@pytest.fixture
+def access() -> Iterator[list[instrumentation.Event]]:
+    """The ``http.access`` events emitted during the test."""
+    seen: list[instrumentation.Event] = []
+
+    def keep(event: instrumentation.Event) -> None:
+        if event.name == "http.access":
+            seen.append(event)
+
+    instrumentation.add_listener(keep)
+    yield seen
+    instrumentation.remove_listener(keep)
 
 
 def _free_port() -> int:

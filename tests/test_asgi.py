@@ -92,20 +92,6 @@ def our_server_span(spans: InMemorySpanExporter) -> ReadableSpan:
     return span
 
 
-@pytest.fixture
-def access() -> Iterator[list[instrumentation.Event]]:
-    """The ``http.access`` events emitted during the test."""
-    seen: list[instrumentation.Event] = []
-
-    def keep(event: instrumentation.Event) -> None:
-        if event.name == "http.access":
-            seen.append(event)
-
-    instrumentation.add_listener(keep)
-    yield seen
-    instrumentation.remove_listener(keep)
-
-
 # --- request id, logs, access log ------------------------------------------------------------
 
 

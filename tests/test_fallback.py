@@ -7,7 +7,7 @@ Each scenario runs through a decorated sync function and a decorated async funct
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -24,34 +24,13 @@ from resilient import (
 )
 from resilient.testing import fake_clock, no_wait
 
-Call = Callable[..., Awaitable[Any]]
+from ._scripts import protect_awaitable as protect
 
 
 @pytest.fixture(params=["sync", "async"])
 def mode(request: pytest.FixtureRequest) -> str:
     """Run a scenario through a sync and through an async decorated function."""
     return cast("str", request.param)
-
-
-def protect(policy: Policy, body: Callable[..., Any], mode: str) -> Call:
-    """`body` decorated by `policy` as a sync or an async function, called uniformly with await."""
-    if mode == "sync":
-        wrapped: Callable[..., Any] = policy(body)
-
-        async def call_sync(*args: Any, **kwargs: Any) -> Any:
-            return wrapped(*args, **kwargs)
-
-        return call_sync
-
-    async def body_async(*args: Any, **kwargs: Any) -> Any:
-        return body(*args, **kwargs)
-
-    wrapped_async = policy(body_async)
-
-    async def call_async(*args: Any, **kwargs: Any) -> Any:
-        return await wrapped_async(*args, **kwargs)
-
-    return call_async
 
 
 def raising(error: BaseException) -> Callable[..., Any]:

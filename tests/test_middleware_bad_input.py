@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -180,20 +180,6 @@ def send(request: pytest.FixtureRequest) -> Callable[[Probe], Reply]:
         return lambda probe: call_asgi(asgi, probe)
     wsgi = wsgi_app()
     return lambda probe: call_wsgi(wsgi, probe)
-
-
-@pytest.fixture
-def access() -> Iterator[list[instrumentation.Event]]:
-    """The ``http.access`` events emitted during the test."""
-    seen: list[instrumentation.Event] = []
-
-    def keep(event: instrumentation.Event) -> None:
-        if event.name == "http.access":
-            seen.append(event)
-
-    instrumentation.add_listener(keep)
-    yield seen
-    instrumentation.remove_listener(keep)
 
 
 # --- the table -------------------------------------------------------------------------------

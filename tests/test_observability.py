@@ -18,6 +18,7 @@ from resilient._context import REQUEST_ID
 from resilient.instrumentation import Event
 from resilient.instrumentation._hub import HUB
 
+from ._metrics import metric_points
 from ._scripts import MODES, Script, protect
 
 RETRY = Retry(attempts=3, initial_delay=0.0, max_delay=0.0, budget=None)
@@ -28,35 +29,15 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], float]:
-    """Current cumulative value of each attribute set of one metric (sums and histogram counts)."""
-    data = reader.get_metrics_data()
-    found: dict[tuple[tuple[str, Any], ...], float] = {}
-    if data is None:
-        return found
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                for point in metric.data.data_points:
-                    value = getattr(point, "value", None)
-                    if value is None:
-                        value = getattr(point, "count", 0)
-                    assert isinstance(value, int | float)
-                    found[tuple(sorted((point.attributes or {}).items()))] = value
-    return found
-
-
 class Delta:
     """Metric values recorded between construction and `of()`."""
 
     def __init__(self, reader: InMemoryMetricReader, *names: str) -> None:
         self.reader = reader
-        self.before = {name: _points(reader, name) for name in names}
+        self.before = {name: metric_points(reader, name) for name in names}
 
     def of(self, name: str, **attrs: Any) -> float:
-        after = _points(self.reader, name)
+        after = metric_points(self.reader, name)
         wanted = {f"resilient.{key}": value for key, value in attrs.items()}
         total = 0.0
         for key, value in after.items():
@@ -165,7 +146,7 @@ def test_breaker_state_gauge_and_transitions(metric_reader: InMemoryMetricReader
         call()
     assert delta.of("resilient.breaker.transitions", breaker="gauge") == 1
     assert delta.of("resilient.breaker.rejections", policy="g") == 1
-    gauge = _points(metric_reader, "resilient.breaker.state")
+    gauge = metric_points(metric_reader, "resilient.breaker.state")
     assert gauge[(("resilient.breaker", "gauge"),)] == 2
 
 

@@ -8,7 +8,7 @@ read it and its waits advance it, so nothing here sleeps.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -20,7 +20,7 @@ from resilient._clock import CLOCK
 from resilient._ratelimit import ALGORITHMS, Algorithm, LimiterRuntime
 from resilient.testing import FakeClock, fake_clock
 
-Call = Callable[..., Awaitable[Any]]
+from ._scripts import protect_awaitable as protect
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -34,27 +34,6 @@ def clock() -> Iterator[FakeClock]:
     """A fake clock that the limiter reads and that its waits advance."""
     with fake_clock() as fake:
         yield fake
-
-
-def protect(policy: Policy, body: Callable[..., Any], mode: str) -> Call:
-    """`body` decorated by `policy` as a sync or an async function, called uniformly with await."""
-    if mode == "sync":
-        wrapped: Callable[..., Any] = policy(body)
-
-        async def call_sync(*args: Any, **kwargs: Any) -> Any:
-            return wrapped(*args, **kwargs)
-
-        return call_sync
-
-    async def body_async(*args: Any, **kwargs: Any) -> Any:
-        return body(*args, **kwargs)
-
-    wrapped_async = policy(body_async)
-
-    async def call_async(*args: Any, **kwargs: Any) -> Any:
-        return await wrapped_async(*args, **kwargs)
-
-    return call_async
 
 
 class Counter:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import pybreaker
 import pytest
 import redis
@@ -12,44 +9,18 @@ import redis
 from resilient import CircuitBreaker, CircuitOpenError, Policy, instrumentation, testing
 from resilient._breaker import BreakerRuntime, breaker_for
 from resilient._shared_breaker import DEFAULT_TTL, SharedBreakerRuntime
-from resilient._storage import close_stores
 from tests._redis_workers import (
     JOIN_TIMEOUT,
     BreakerSpec,
-    delete_prefix,
     fail_fast_worker,
     join_all,
     probe_worker,
     run_processes,
     spawn,
-    with_prefix,
 )
 
 PROCESSES = 4
 THREADS = 4
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards, nobody else's."""
-    name = f"br-{uuid.uuid4().hex[:12]}"
-    yield name
-    close_stores()
-    delete_prefix(redis_url, name)
-
-
-@pytest.fixture
-def uri(redis_url: str, prefix: str) -> str:
-    """The shared storage URI of this test."""
-    return with_prefix(redis_url, prefix)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain client to look at (and age) what the library stored."""
-    plain = redis.Redis.from_url(redis_url)
-    yield plain
-    plain.close()
 
 
 def _fail(runtime: BreakerRuntime, times: int) -> None:

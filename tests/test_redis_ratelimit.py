@@ -3,52 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from resilient import Policy, RateLimit, RateLimitedError
 from resilient._ratelimit import ALGORITHMS, Algorithm, LimiterRuntime, SharedLimiterRuntime
-from resilient._storage import close_stores
 from tests._redis_workers import (
     JOIN_TIMEOUT,
-    delete_prefix,
     hammer_async,
     hammer_sync,
     join_all,
     run_processes,
     spawn,
-    with_prefix,
 )
 
 PROCESSES = 4
 THREADS = 4
 ATTEMPTS = 10  # per thread and algorithm: 160 tries at a limit of 100
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards, nobody else's."""
-    name = f"rt-{uuid.uuid4().hex[:12]}"
-    yield name
-    close_stores()
-    delete_prefix(redis_url, name)
-
-
-@pytest.fixture
-def uri(redis_url: str, prefix: str) -> str:
-    """The shared storage URI of this test."""
-    return with_prefix(redis_url, prefix)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain client to look at what the library stored."""
-    plain = redis.Redis.from_url(redis_url)
-    yield plain
-    plain.close()
 
 
 @pytest.mark.slow

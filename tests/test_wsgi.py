@@ -76,20 +76,6 @@ def flask_app(**options: Any) -> Flask:
     return app
 
 
-@pytest.fixture
-def access() -> Iterator[list[instrumentation.Event]]:
-    """The ``http.access`` events emitted during the test."""
-    seen: list[instrumentation.Event] = []
-
-    def keep(event: instrumentation.Event) -> None:
-        if event.name == "http.access":
-            seen.append(event)
-
-    instrumentation.add_listener(keep)
-    yield seen
-    instrumentation.remove_listener(keep)
-
-
 def client(**options: Any) -> FlaskClient:
     return flask_app(**options).test_client()
 

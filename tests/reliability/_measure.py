@@ -24,6 +24,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from resilient.instrumentation._log import LOGGER_NAME
 from resilient.testing import Fault, ReceivedRequest
+from tests._metrics import metric_points
 
 __all__ = [
     "Figures",
@@ -111,36 +112,18 @@ class OutcomeDeck:
         return self._ok
 
 
-def _metric_points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], float]:
-    """The current cumulative value of each attribute set of one metric (sum or histogram count)."""
-    data = reader.get_metrics_data()
-    found: dict[tuple[tuple[str, Any], ...], float] = {}
-    if data is None:
-        return found
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                for point in metric.data.data_points:
-                    value = getattr(point, "value", None)  # a sum; a histogram has a count instead
-                    counted = getattr(point, "count", 0) if value is None else value
-                    found[tuple(sorted((point.attributes or {}).items()))] = float(counted)
-    return found
-
-
 class MetricDelta:
     """What one metric counted between construction and `by()`, per value of one attribute."""
 
     def __init__(self, reader: InMemoryMetricReader, name: str) -> None:
         self._reader = reader
         self._name = name
-        self._before = _metric_points(reader, name)
+        self._before = metric_points(reader, name)
 
     def by(self, attribute: str, **where: Any) -> dict[str, float]:
         """Counted since construction, grouped by `attribute`, among points matching `where`."""
         totals: dict[str, float] = {}
-        for key, value in _metric_points(self._reader, self._name).items():
+        for key, value in metric_points(self._reader, self._name).items():
             attrs: Mapping[str, Any] = dict(key)
             if any(attrs.get(k) != v for k, v in where.items()):
                 continue
