@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 from opentelemetry import trace
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, Sum
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -132,6 +132,41 @@ def test_calls_attempts_and_retries_are_counted(mode: str, metric_reader: InMemo
     assert delta.of("resilient.retries", policy="m") == 3
     assert delta.of("resilient.attempt.duration", policy="m") == 5  # the histogram count is the attempt count
     assert delta.of("resilient.attempt.duration", policy="m", outcome="failure") == 4
+
+
+def test_calls_is_a_monotonic_cumulative_sum_for_exporters(metric_reader: InMemoryMetricReader) -> None:
+    """Counted in process and observed at collection: readers still get a monotonic counter."""
+    protect("sync", Script("ok"), name="kind")()
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    found = [
+        metric
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "resilient.calls"
+    ]
+    assert len(found) == 1
+    assert isinstance(found[0].data, Sum)
+    assert found[0].data.is_monotonic
+    assert found[0].data.aggregation_temporality == AggregationTemporality.CUMULATIVE
+    assert found[0].unit == "{call}"
+
+
+def test_call_counts_beyond_the_cardinality_limit_go_to_the_overflow_set(
+    monkeypatch: pytest.MonkeyPatch, metric_reader: InMemoryMetricReader
+) -> None:
+    """As in the SDK's own limit: new attribute sets past the limit are counted, not kept apart."""
+    counts = HUB.otel.metrics().calls  # type: ignore[union-attr]
+    monkeypatch.setattr(type(counts), "MAX_SETS", len(counts._counts) + 1)
+    delta = Delta(metric_reader, "resilient.calls")
+    for index in range(3):
+        protect("sync", Script("ok"), name=f"overflow-{index}")()
+    assert delta.of("resilient.calls", policy="overflow-0") == 1
+    assert delta.of("resilient.calls", policy="overflow-1") == 0
+    overflow_set = (("otel.metric.overflow", True),)
+    counted = metric_points(metric_reader, "resilient.calls").get(overflow_set, 0)
+    assert counted - delta.before["resilient.calls"].get(overflow_set, 0) == 2
 
 
 def test_breaker_state_gauge_and_transitions(metric_reader: InMemoryMetricReader) -> None:

@@ -6,6 +6,7 @@ application installs an SDK provider nothing is created, no span object, no metr
 
 from __future__ import annotations
 
+import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +53,10 @@ class Metrics:
     """The library's instruments on one meter; names are a documented contract (README)."""
 
     def __init__(self, meter: Meter, breaker_states: Callable[[], Iterable[tuple[str, str]]]) -> None:
-        self.calls: Counter = meter.create_counter(
-            "resilient.calls", unit="{call}", description="Protected calls by outcome"
+        # Counted in process and observed at collection time: see CallCounts.
+        self.calls = CallCounts()
+        meter.create_observable_counter(
+            "resilient.calls", callbacks=[self.calls.observe], unit="{call}", description="Protected calls by outcome"
         )
         self.retries: Counter = meter.create_counter(
             "resilient.retries", unit="{retry}", description="Retries scheduled"
@@ -106,6 +109,47 @@ class Metrics:
                 counter.add(1, attrs)
 
 
+class CallCounts:
+    """`resilient.calls`: cumulative counts per attribute set, read by an observable counter.
+
+    A synchronous `Counter.add` costs about 3.4 µs with the SDK (a `Measurement`, an exemplar
+    decision, the reader storages), on every call; a dict increment under a lock costs about
+    0.2 µs. An observable counter reports the same cumulative, monotonic sum to every reader
+    (the SDK derives deltas for delta exporters), so exporters see no difference. As in the
+    SDK's own cardinality limit, attribute sets beyond `MAX_SETS` are counted under
+    ``otel.metric.overflow=true``.
+    """
+
+    MAX_SETS = 2000
+    _OVERFLOW: tuple[tuple[str, Any], ...] = (("otel.metric.overflow", True),)
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[tuple[str, Any], ...], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[tuple[str, Any], ...]) -> None:
+        """Count one call under the attribute set `key` (the attribute items, in a fixed order)."""
+        counts = self._counts
+        lock = self._lock
+        lock.acquire()  # not `with`: the protocol costs more than the lock on this path
+        try:
+            if key in counts:
+                counts[key] += 1
+            elif len(counts) < self.MAX_SETS:
+                counts[key] = 1
+            else:
+                counts[self._OVERFLOW] = counts.get(self._OVERFLOW, 0) + 1
+        finally:
+            lock.release()
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            snapshot = list(self._counts.items())
+        return [Observation(count, dict(key)) for key, count in snapshot]
+
+
 class CallObservation:
     """One protected call as seen by telemetry: its span (if tracing) and its timings."""
 
@@ -147,7 +191,7 @@ class CallObservation:
         if metrics is not None:
             if "resilient.rejection" in extra:
                 attrs["resilient.rejection"] = extra["resilient.rejection"]
-            metrics.calls.add(1, attrs)
+            metrics.calls.add(tuple(attrs.items()))
 
 
 _ATTEMPT_ATTRIBUTES: dict[tuple[str, bool], dict[str, Any]] = {}
