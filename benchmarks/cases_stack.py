@@ -45,12 +45,27 @@ def full_options(name: str) -> dict[str, object]:
     return {"timeout": 5.0, "retry": 3, "breaker": breaker(name), "rate_limit": HUGE_RATE, "bulkhead": 1000}
 
 
-def resilient_full(name: str, *, is_async: bool) -> Callable[[ExitStack], SyncBench]:
-    def setup(_stack: ExitStack) -> SyncBench:
+def resilient_full(
+    name: str, *, is_async: bool, enter: Callable[[ExitStack], None] = lambda _stack: None
+) -> Callable[[ExitStack], SyncBench]:
+    def setup(stack: ExitStack) -> SyncBench:
+        enter(stack)
         decorator = resilient_decorator(**full_options(name))
         return abind(decorator(awork)) if is_async else bind(decorator(work))
 
     return setup
+
+
+def enter_traces_only(stack: ExitStack) -> None:
+    """The goal's condition: an SDK *tracer* provider, and no meter provider to feed.
+
+    The SDK phase installs a meter provider too (the ASGI and httpx peers record metrics);
+    switching resilient's metrics off is what a service without a meter provider runs.
+    The naive composition records no metrics, so this row is its like-for-like comparison.
+    """
+    configure = resilient_api("configure", "resilient.instrumentation")
+    configure(metrics=False)
+    stack.callback(configure, metrics=True)
 
 
 def naive_sync(*, with_span: bool) -> Callable[[ExitStack], SyncBench]:
@@ -143,6 +158,23 @@ def full_stack_cases() -> list[Case]:
                     is_async=is_async,
                     phase=phase,
                     setup=resilient_full(f"bench-full-{phase}-{mode}", is_async=is_async),
+                ),
+                *(
+                    [
+                        Case(
+                            section=section,
+                            name="resilient(...), SDK tracer only (no meter provider)",
+                            peers=(naive,),
+                            is_async=is_async,
+                            phase=phase,
+                            setup=resilient_full(
+                                f"bench-full-traces-{mode}", is_async=is_async, enter=enter_traces_only
+                            ),
+                            isolated=True,
+                        )
+                    ]
+                    if with_span
+                    else []
                 ),
                 Case(
                     section=section,
