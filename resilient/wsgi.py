@@ -26,10 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
-
 from resilient import deadline
-from resilient._context import REQUEST_ID
 from resilient._edge import (
     ERRORS,
     REJECTIONS,
@@ -47,9 +44,11 @@ from resilient._edge import (
     rate_limit_headers,
 )
 from resilient._edge_telemetry import (
+    WSGI_HEADERS,
     AccessRecord,
     SpanStart,
     access_wanted,
+    bind_request_id,
     emit_rejection,
     end_server_span,
     log_access,
@@ -480,8 +479,7 @@ class ResilientWSGIMiddleware:
         """Bind the request context, check admission, call the app: all under the shield."""
         ex = state.ex
         if ex.request_id is not None:
-            REQUEST_ID.set(ex.request_id)
-            structlog.contextvars.bind_contextvars(request_id=ex.request_id)
+            bind_request_id(ex.request_id)  # never unbound: the context is the request's own copy
         self._start_span(state)
         response = _Response(self, state)
         try:
@@ -612,7 +610,7 @@ class ResilientWSGIMiddleware:
             host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
             request_id=ex.request_id,
         )
-        ex.span, _ = start_server_span(tracer, start, _headers_of(environ))
+        ex.span, _ = start_server_span(tracer, start, environ, WSGI_HEADERS)
         # The token is never detached: the context it was attached in is the request's own.
 
     def finish(self, state: _RequestState) -> None:
@@ -621,8 +619,10 @@ class ResilientWSGIMiddleware:
         route = ex.route
         if ex.span is not None:
             end_server_span(ex.span, environ.get("REQUEST_METHOD", ""), route, ex.status)
-        if self.options.access_log and access_wanted(ex.status, ex.rejection):
+        level = access_wanted(ex.status, ex.rejection) if self.options.access_log else None
+        if level is not None:
             log_access(
+                level,
                 AccessRecord(
                     method=environ.get("REQUEST_METHOD", ""),
                     path=_path_of(environ),
@@ -635,7 +635,7 @@ class ResilientWSGIMiddleware:
                     request_id=ex.request_id,
                     user_agent=environ.get("HTTP_USER_AGENT", ""),
                     rejection=ex.rejection,
-                )
+                ),
             )
 
 

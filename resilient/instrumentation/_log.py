@@ -78,24 +78,32 @@ class EventLogger:
         if not self.enabled:
             return False
         if structlog.is_configured():
-            return self._app_enabled_for(level)
+            return _app_enabled_for(self._app.bind(), level)
         return self.stdlib.isEnabledFor(level)
 
-    def _app_enabled_for(self, level: int) -> bool:
-        # Filtering bound loggers answer `is_enabled_for`, stdlib ones `isEnabledFor`;
-        # anything else gets every event and filters it itself.
-        for method in ("is_enabled_for", "isEnabledFor"):
-            check = getattr(self._app, method, None)
-            if check is not None:
-                try:
-                    return bool(check(level))
-                except Exception:  # a custom wrapper with another signature
-                    return True
-        return True
-
     def log(self, level: int, name: str, fields: dict[str, Any]) -> None:
-        """Write the event (already redacted by the caller) through the app's structlog or stdlib."""
+        """Write the event through the app's structlog or stdlib.
+
+        `fields` must be redacted already and is the caller's to give away: it becomes the
+        event dict (no copy).
+        """
         if structlog.is_configured():
-            self._app.log(level, name, **add_request_id(None, "", add_trace_context(None, "", dict(fields))))
+            # `bind()` rather than an attribute of the lazy proxy: its `__getattr__` binds
+            # too, through one more Python call, and a logger cached on first use is then
+            # returned as is.
+            self._app.bind().log(level, name, **add_request_id(None, "", add_trace_context(None, "", fields)))
         else:
             self._fallback.log(level, name, **fields)
+
+
+def _app_enabled_for(logger: Any, level: int) -> bool:
+    """Whether the app's bound logger lets `level` through."""
+    # Filtering bound loggers answer `is_enabled_for`, stdlib ones `isEnabledFor`; anything
+    # else gets every event and filters it itself.
+    check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+    if check is None:
+        return True
+    try:
+        return bool(check(level))
+    except Exception:  # a custom wrapper with another signature
+        return True
