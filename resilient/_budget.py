@@ -59,9 +59,9 @@ class BudgetRuntime:
         self._second = int(CLOCK.monotonic())
         self._lock = threading.Lock()
 
-    def deposit(self, now: float) -> None:
-        """Count one call."""
-        second = int(now)
+    def deposit(self, now: float | None = None) -> None:
+        """Count one call (`now`: the caller's clock reading, if it has one)."""
+        second = int(CLOCK.monotonic() if now is None else now)
         if second != self._second:
             self._rotate(second)
         self._calls[second % self._buckets] += 1

@@ -10,6 +10,10 @@ Each layer has the same signature and hands over to the next *configured* layer 
 a pointer chosen at compile time (`CompiledPolicy.sync_after_admit`, ...), so a layer the
 policy leaves out costs nothing, not even a function call. The retry layer always calls
 the attempt layer; the deadline is read from its context variable where it is needed.
+
+A layer that read the clock hands the reading on (`now`), so one call reads the clock
+once where it would read it up to four times (rate limit, deadline, retry budget, attempt
+timing): `None` means "read it yourself", and any wait in between resets it to `None`.
 """
 
 from __future__ import annotations
@@ -154,21 +158,30 @@ def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException |
 
 
 def admit_sync(
-    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Any],
+    args: Args,
+    kwargs: Kwargs,
+    obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     limiter = cp.limiter
     if limiter is not None:
         key = limiter.key_of(args, kwargs) if limiter.keyed else ""
-        wait = limiter.try_acquire(key)
+        now = CLOCK.monotonic()
+        wait = limiter.try_acquire(key, now)
         if wait:
             _wait_for_rate_slot_sync(limiter, key, wait, label)
+            now = None
     bulkhead = cp.bulkhead
     if bulkhead is None:
-        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs)
+        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs, now)
     if not bulkhead.try_acquire():
         bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
+        now = None
     try:
-        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs)
+        return cp.sync_after_admit(cp, label, fn, args, kwargs, obs, now)
     finally:
         bulkhead.release()
 
@@ -180,20 +193,27 @@ async def admit_async(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     limiter = cp.limiter
     if limiter is not None:
         key = limiter.key_of(args, kwargs) if limiter.keyed else ""
-        wait = await limiter.atry_acquire(key) if limiter.shared else limiter.try_acquire(key)
+        if limiter.shared:  # a Redis round trip: the reading would be stale after it
+            wait = await limiter.atry_acquire(key)
+        else:
+            now = CLOCK.monotonic()
+            wait = limiter.try_acquire(key, now)
         if wait:
             await _wait_for_rate_slot_async(limiter, key, wait, label)
+            now = None
     bulkhead = cp.bulkhead
     if bulkhead is None:
-        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs)
+        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs, now)
     if not bulkhead.try_acquire():
         await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)
+        now = None
     try:
-        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs)
+        return await cp.async_after_admit(cp, label, fn, args, kwargs, obs, now)
     finally:
         bulkhead.release()
 
@@ -235,20 +255,28 @@ def _clamp_wait(wait: float) -> float:
 
 
 def deadline_sync(
-    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
+    cp: CompiledPolicy,
+    label: str,
+    fn: Callable[..., Any],
+    args: Args,
+    kwargs: Kwargs,
+    obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
-    started = CLOCK.monotonic()
+    started = CLOCK.monotonic() if now is None else now
     deadline = started + cp.total_timeout  # type: ignore[operator]
     inherited = _DEADLINE.get()
     if inherited is not None and inherited < deadline:
         deadline = inherited
     token = _DEADLINE.set(deadline)
     try:
-        result = cp.sync_after_deadline(cp, label, fn, args, kwargs, obs)
+        result = cp.sync_after_deadline(cp, label, fn, args, kwargs, obs, started)
     finally:
         _DEADLINE.reset(token)
     if cp.runner is None and CLOCK.monotonic() > deadline:  # cooperative: late, but not discarded
-        scope = "total" if deadline - started >= cp.total_timeout else "inherited"  # type: ignore[operator]
+        # Which deadline won, by identity of the value, not by arithmetic: in floats
+        # (started + total) - started can come out a hair below total.
+        scope = "inherited" if deadline is inherited else "total"
         HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=cp.total_timeout, interrupted=False)
     return result
 
@@ -260,14 +288,16 @@ async def deadline_async(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
-    deadline = CLOCK.monotonic() + cp.total_timeout  # type: ignore[operator]
+    started = CLOCK.monotonic() if now is None else now
+    deadline = started + cp.total_timeout  # type: ignore[operator]
     inherited = _DEADLINE.get()
     if inherited is not None and inherited < deadline:
         deadline = inherited
     token = _DEADLINE.set(deadline)
     try:
-        return await cp.async_after_deadline(cp, label, fn, args, kwargs, obs)
+        return await cp.async_after_deadline(cp, label, fn, args, kwargs, obs, started)
     finally:
         _DEADLINE.reset(token)
 
@@ -282,15 +312,16 @@ def retry_sync(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
-        retry.budget.deposit(CLOCK.monotonic())
+        retry.budget.deposit(now)
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = attempt_sync(cp, label, fn, args, kwargs, obs)
+            result = attempt_sync(cp, label, fn, args, kwargs, obs, now)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
@@ -311,6 +342,7 @@ def retry_sync(
                 return result
         CLOCK.sleep(delay)
         attempt += 1
+        now = None
 
 
 async def retry_async(
@@ -320,15 +352,16 @@ async def retry_async(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
-        retry.budget.deposit(CLOCK.monotonic())
+        retry.budget.deposit(now)
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = await cp.async_attempt(cp, label, fn, args, kwargs, obs)
+            result = await cp.async_attempt(cp, label, fn, args, kwargs, obs, now)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
@@ -349,6 +382,7 @@ async def retry_async(
                 return result
         await CLOCK.asleep(delay)
         attempt += 1
+        now = None
 
 
 # ---------------------------------------------------------------- breaker + attempt timeout
@@ -361,6 +395,7 @@ def attempt_sync(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_sync:
@@ -368,7 +403,7 @@ def attempt_sync(
     # A closed in-process breaker admits without a call; a shared one always asks Redis.
     probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
     timed = obs is not None or (breaker is not None and breaker.timed)
-    start = CLOCK.monotonic() if timed else 0.0
+    start = _attempt_start(breaker, now) if timed else 0.0
     try:
         result = _bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
     except Exception as error:
@@ -396,6 +431,7 @@ async def attempt_async(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,
 ) -> Any:
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_async:
@@ -403,7 +439,7 @@ async def attempt_async(
     # A closed in-process breaker admits without a call; a shared one always asks Redis.
     probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
     timed = obs is not None or (breaker is not None and breaker.timed)
-    start = CLOCK.monotonic() if timed else 0.0
+    start = _attempt_start(breaker, now) if timed else 0.0
     try:
         if cp.bounded_async:
             result = await _bounded_async(cp, label, fn, args, kwargs)
@@ -434,6 +470,7 @@ async def attempt_async_shared(
     args: Args,
     kwargs: Kwargs,
     obs: CallObservation | None,
+    now: float | None = None,  # noqa: ARG001 - stale after the Redis round trip below
 ) -> Any:
     """`attempt_async` for a breaker kept in Redis: its decisions are awaited (redis.asyncio)."""
     breaker: BreakerRuntime = cp.breaker  # type: ignore[assignment]
@@ -459,6 +496,13 @@ async def attempt_async_shared(
     if probe or breaker.reports_success:
         await breaker.aon_success(probe=probe, duration=duration, label=label)
     return result
+
+
+def _attempt_start(breaker: BreakerRuntime | None, now: float | None) -> float:
+    """The attempt's start: the reading handed down, unless a Redis round trip made it stale."""
+    if now is None or (breaker is not None and breaker.shared):
+        return CLOCK.monotonic()
+    return now
 
 
 def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | None, str, float]:

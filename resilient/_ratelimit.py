@@ -288,9 +288,13 @@ class LimiterRuntime:
         """The limiting key of a call (one shared key without a key function)."""
         return "" if self._key is None else str(self._key(*args, **kwargs))
 
-    def try_acquire(self, key: str) -> float:
-        """Take a slot now: 0.0 when admitted, else seconds until one may free up."""
-        now = CLOCK.monotonic()
+    def try_acquire(self, key: str, now: float | None = None) -> float:
+        """Take a slot now: 0.0 when admitted, else seconds until one may free up.
+
+        `now`: the caller's clock reading, if it has one (saves reading it again).
+        """
+        if now is None:
+            now = CLOCK.monotonic()
         lock = self._lock
         lock.acquire()  # not `with`: on the hot path the protocol costs more than the lock
         try:
@@ -394,7 +398,7 @@ class SharedLimiterRuntime(LimiterRuntime):
         self.scope = config.name or scope or "default"
         self._ids = (self.scope, config.algorithm)
 
-    def try_acquire(self, key: str) -> float:
+    def try_acquire(self, key: str, now: float | None = None) -> float:
         """One atomic hit per limit item in Redis; in-process windows while Redis is down."""
         store = self._store
         if store.healthy:
@@ -402,7 +406,7 @@ class SharedLimiterRuntime(LimiterRuntime):
                 return self._hit(store.strategy(self._algorithm, _SYNC_STRATEGIES), key)
             except store.errors as error:
                 store.degrade(error, self.scope)
-        return LimiterRuntime.try_acquire(self, key)
+        return LimiterRuntime.try_acquire(self, key, now)
 
     async def atry_acquire(self, key: str) -> float:
         """`try_acquire` through ``redis.asyncio``: the event loop is never blocked."""

@@ -18,10 +18,11 @@ from resilient import (
     RateLimitedError,
     Retry,
     Timeout,
+    deadline,
     testing,
 )
 
-from ._scripts import MODES, Script, protect
+from ._scripts import MODES, Script, protect, protect_awaitable
 
 RETRY = Retry(attempts=3, initial_delay=0.0, max_delay=0.0, budget=None)
 
@@ -85,6 +86,23 @@ def test_the_total_timeout_bounds_attempts_and_backoff(mode: str) -> None:
     with testing.fake_clock(), pytest.raises(ConnectionError):
         protect(mode, script, timeout=1.0, retry=retry)()
     assert script.calls == 3  # t=0, 0.4, 0.8; the next attempt would start at 1.2
+
+
+def test_the_total_timeout_starts_after_a_rate_limit_wait(mode: str) -> None:
+    """The rate limit is outside the deadline: a call that waited for its slot gets its whole timeout."""
+    seen: list[float | None] = []
+
+    def body() -> None:
+        seen.append(deadline.remaining())
+
+    policy = Policy(timeout=2.0, rate_limit=RateLimit("1/second", max_wait=5.0))
+    call = protect_awaitable(policy, body, mode)
+    with testing.fake_clock() as clock:
+        asyncio.run(call())
+        started = clock.now
+        asyncio.run(call())  # waits (the fake clock advances) for the slot the first call took
+    assert clock.now - started == pytest.approx(1.0)
+    assert seen == [2.0, 2.0]
 
 
 def test_a_retry_holds_one_bulkhead_slot(mode: str) -> None:
