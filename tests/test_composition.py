@@ -97,10 +97,14 @@ def test_the_total_timeout_starts_after_a_rate_limit_wait(mode: str) -> None:
 
     policy = Policy(timeout=2.0, rate_limit=RateLimit("1/second", max_wait=5.0))
     call = protect_awaitable(policy, body, mode)
-    with testing.fake_clock() as clock:
-        asyncio.run(call())
+    async def twice() -> float:
+        await call()
         started = clock.now
-        asyncio.run(call())  # waits (the fake clock advances) for the slot the first call took
+        await call()  # waits (the fake clock advances) for the slot the first call took
+        return started
+
+    with testing.fake_clock() as clock:
+        started = asyncio.run(twice())
     assert clock.now - started == pytest.approx(1.0)
     assert seen == [2.0, 2.0]
 
