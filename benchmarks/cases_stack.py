@@ -41,6 +41,10 @@ SLEEP_SECONDS = 0.01
 # 6. full stack ----------------------------------------------------------------------------
 
 
+FULL_STACK = "resilient(timeout,retry,breaker,rate_limit,bulkhead)"
+FULL_STACK_SHORT = "resilient(...)"
+
+
 def full_options(name: str) -> dict[str, object]:
     return {"timeout": 5.0, "retry": 3, "breaker": breaker(name), "rate_limit": HUGE_RATE, "bulkhead": 1000}
 
@@ -149,42 +153,21 @@ def full_stack_cases() -> list[Case]:
             is_async = mode == "async"
             section = f"6. full stack, {suffix} · {mode}"
             make_naive = naive_async if is_async else naive_sync
+            ours = functools.partial(Case, section=section, peers=(naive,), is_async=is_async, phase=phase)
             cases += [
                 raw_case(section, is_async=is_async, phase=phase),
-                Case(
-                    section=section,
-                    name="resilient(timeout,retry,breaker,rate_limit,bulkhead)",
-                    peers=(naive,),
-                    is_async=is_async,
-                    phase=phase,
-                    setup=resilient_full(f"bench-full-{phase}-{mode}", is_async=is_async),
-                ),
-                *(
-                    [
-                        Case(
-                            section=section,
-                            name="resilient(...), SDK tracer only (no meter provider)",
-                            peers=(naive,),
-                            is_async=is_async,
-                            phase=phase,
-                            setup=resilient_full(
-                                f"bench-full-traces-{mode}", is_async=is_async, enter=enter_traces_only
-                            ),
-                            isolated=True,
-                        )
-                    ]
-                    if with_span
-                    else []
-                ),
-                Case(
-                    section=section,
-                    name=naive,
-                    tag="naive stack",
-                    is_async=is_async,
-                    phase=phase,
-                    setup=make_naive(with_span=with_span),
-                ),
+                ours(name=FULL_STACK, setup=resilient_full(f"bench-full-{phase}-{mode}", is_async=is_async)),
             ]
+            if with_span:
+                traces_only = resilient_full(f"bench-full-traces-{mode}", is_async=is_async, enter=enter_traces_only)
+                cases.append(
+                    ours(
+                        name=f"{FULL_STACK_SHORT}, SDK tracer only (no meter provider)",
+                        setup=traces_only,
+                        isolated=True,
+                    )
+                )
+            cases.append(ours(name=naive, tag="naive stack", peers=(), setup=make_naive(with_span=with_span)))
     return cases
 
 
