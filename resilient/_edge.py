@@ -321,15 +321,13 @@ class ClientResolver:
     trusted hop is used: nothing a client wrote is ever taken as its key.
     """
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_networks", "enabled")
 
     def __init__(self, trusted: Sequence[str]) -> None:
         self._networks: tuple[_Network, ...] = tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any proxy is trusted (else the peer is always the client)."""
-        return bool(self._networks)
+        #: Whether any proxy is trusted (else the peer is always the client). An attribute,
+        #: not a property: it is read on every request.
+        self.enabled = bool(self._networks)
 
     def _trusted(self, address: _Address | None) -> bool:
         return address is not None and any(address in network for network in self._networks)
@@ -393,7 +391,10 @@ class Limiter:
 
     def hit(self, key: str, *, want_state: bool) -> RateDecision | None:
         """Count one request: None when admitted and no state was asked for."""
-        return self._decision(key, self._runtime.try_acquire(key), want_state=want_state)
+        wait = self._runtime.try_acquire(key)
+        if not wait and not want_state:
+            return None  # the common case, decided here: one call less per request
+        return self._decision(key, wait, want_state=want_state)
 
     async def ahit(self, key: str, *, want_state: bool) -> RateDecision | None:
         """`hit` for a shared storage on the async side (``redis.asyncio``: the loop never blocks)."""

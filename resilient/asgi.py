@@ -32,6 +32,8 @@ from resilient._edge import (
     REJECTIONS,
     SHED_RETRY_AFTER,
     Edge,
+    Limiter,
+    RateDecision,
     RequestInfo,
     RouteOptions,
     RoutePlan,
@@ -343,22 +345,27 @@ class ResilientMiddleware:
             plan = self._router.plan_for(scope["path"])
             ex.route_label = plan.label
             refusal = self._check_body(headers, plan, ex)
-            if refusal is None and plan.limiter is not None:
-                refusal = await self._check_rate(scope, headers, plan, ex)
+            limiter = plan.limiter
+            if refusal is None and limiter is not None:
+                if limiter.asynchronous:
+                    decision = await limiter.ahit(self._rate_key(scope, headers, ex), want_state=self._on_success)
+                else:
+                    decision = limiter.hit(self._rate_key(scope, headers, ex), want_state=self._on_success)
+                if decision is not None:
+                    refusal = self._rate_verdict(decision, limiter, plan, ex)
             if refusal is not None:
                 await ex.reject(*refusal)
                 return
             gate = plan.gate
-            if gate is None:
-                await self._run(scope, headers, plan, ex)
-            elif gate.try_acquire() or (gate.may_wait and await gate.acquire_waiting()):
-                try:
-                    await self._run(scope, headers, plan, ex)
-                finally:
-                    gate.release()
-            else:
+            if gate is not None and not (gate.try_acquire() or (gate.may_wait and await gate.acquire_waiting())):
                 emit_rejection(503, plan.label)
                 await ex.reject(503, _SHED_HEADERS)
+                return
+            try:
+                await self._run(scope, headers, plan, ex)
+            finally:
+                if gate is not None:
+                    gate.release()
         except Exception as exc:
             if await self._shield(exc, ex):
                 raise
@@ -369,26 +376,18 @@ class ResilientMiddleware:
         limit = plan.max_body_size
         if limit is None:
             return None
-        verdict = content_length_verdict(headers.get(b"content-length"), limit)
-        if verdict is not None:
-            return verdict, None
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            verdict = content_length_verdict(declared, limit)
+            if verdict is not None:
+                return verdict, None
         ex.body_limit = limit
         return None
 
-    async def _check_rate(
-        self, scope: Scope, headers: _HeaderMap, plan: RoutePlan[_AsyncGate], ex: _Exchange
+    def _rate_verdict(
+        self, decision: RateDecision, limiter: Limiter, plan: RoutePlan[_AsyncGate], ex: _Exchange
     ) -> _Refusal | None:
-        """429 with its headers over the rate limit; under it, the success headers if asked for."""
-        limiter = plan.limiter
-        if limiter is None:  # pragma: no cover - the caller checked
-            return None
-        key = self._rate_key(scope, headers, ex)
-        if limiter.asynchronous:
-            decision = await limiter.ahit(key, want_state=self._on_success)
-        else:
-            decision = limiter.hit(key, want_state=self._on_success)
-        if decision is None:
-            return None
+        """429 with its headers over the rate limit; under it, the success headers are added."""
         limit_headers = rate_limit_headers(decision, limiter.policy_header, legacy=self._legacy)
         if decision.admitted:
             ex.response_headers = [*ex.response_headers, *limit_headers]
