@@ -12,7 +12,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -264,10 +264,36 @@ def accept_request_id(raw: bytes | str | None) -> str:
 
 def new_request_id() -> str:
     """A random (version 4) UUID as 32 hex digits, built without `uuid.UUID` (4x cheaper)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
+    global _fresh_ids  # noqa: PLW0603 - the batch is replaced whole, never mutated
+    try:
+        return next(_fresh_ids)
+    except StopIteration:
+        _fresh_ids = _id_batch()
+        return next(_fresh_ids)
+
+
+# Ids come in batches: one `os.urandom` call (a system call, about 0.4 µs) serves 256
+# requests. `next()` on a list iterator is one C call, so two threads (WSGI) never get the
+# same id; two threads that both find the batch empty each make their own.
+_ID_BATCH: Final = 256
+
+
+def _id_batch() -> Iterator[str]:
+    raw = bytearray(os.urandom(16 * _ID_BATCH))
+    raw[6::16] = bytes((byte & 0x0F) | 0x40 for byte in raw[6::16])  # version 4
+    raw[8::16] = bytes((byte & 0x3F) | 0x80 for byte in raw[8::16])  # RFC 4122 variant
+    text = raw.hex()
+    return iter([text[start : start + 32] for start in range(0, len(text), 32)])
+
+
+def _forget_ids() -> None:
+    """In a forked child: never hand out ids the parent's batch may also hand out."""
+    global _fresh_ids  # noqa: PLW0603 - see new_request_id
+    _fresh_ids = iter(())
+
+
+_fresh_ids: Iterator[str] = iter(())
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 # --- client address behind trusted proxies ------------------------------------------------

@@ -233,57 +233,57 @@ def access_wanted(status: int, rejection: str | None) -> int | None:
     return None
 
 
-# Not frozen, for the reason given at `SpanStart`.
-@dataclass(slots=True, kw_only=True)
-class AccessRecord:
-    """One access-log line's raw material, built only when `access_wanted` said yes."""
+def access_fields(
+    *,
+    method: str,
+    path: str,
+    query: str,
+    route: str | None,
+    status: int,
+    duration: float,
+    sent: int,
+    client: str,
+    request_id: str | None,
+    user_agent: str,
+    rejection: str | None,
+) -> dict[str, Any]:
+    """The fields of one access-log line, ``policy`` first as the hub orders them.
 
-    method: str
-    path: str
-    query: str
-    route: str | None
-    status: int
-    duration: float
-    sent: int
-    client: str
-    request_id: str | None
-    user_agent: str
-    rejection: str | None
+    Built only when `access_wanted` said yes; a dict straight away rather than a record
+    turned into one later: it is what the logger takes.
+    """
+    fields: dict[str, Any] = {
+        "policy": POLICY,
+        "method": loggable(method),
+        "path": display_target(path, query),
+        "route": route,
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+        "bytes": sent,
+        "client": client,
+        "request_id": request_id,
+        "user_agent": loggable(user_agent),
+    }
+    if rejection is not None:
+        fields["rejection"] = rejection
+    return fields
 
 
-def log_access(level: int, record: AccessRecord) -> None:
-    """Emit the ``http.access`` event: one structured line per request.
+def log_access(level: int, fields: dict[str, Any]) -> None:
+    """Emit the ``http.access`` event (`fields` from `access_fields`): one structured line per request.
 
     With listeners the event goes through the hub like any other. Without, the line is all
     that is left to do (``http.access`` feeds no metric, and the SERVER span carries its
     fields), so it goes straight to the logger: no `Event`, no second level check, and no
-    redaction scan of fields that are already safe.
+    redaction scan of the fields that are safe by construction. The user agent is the one
+    field a client wrote freely: it is redacted as the hub would.
     """
-    user_agent = loggable(record.user_agent)
     if HUB.listeners:
-        HUB.emit(EVENT_ACCESS, POLICY, level, **_access_fields(record, user_agent))
+        policy = fields.pop("policy")
+        HUB.emit(EVENT_ACCESS, policy, level, **fields)
         return
-    # `policy` first, as the hub orders it; the user agent is the one field a client wrote
-    # freely, so it is redacted like any other free text (see `_redacted_user_agent`).
-    fields = {"policy": POLICY, **_access_fields(record, _redacted_user_agent(user_agent))}
+    fields["user_agent"] = _redacted_user_agent(fields["user_agent"])
     HUB.logger.log(level, EVENT_ACCESS, fields)
-
-
-def _access_fields(record: AccessRecord, user_agent: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "method": loggable(record.method),
-        "path": display_target(record.path, record.query),
-        "route": record.route,
-        "status": record.status,
-        "duration_ms": round(record.duration * 1000, 3),
-        "bytes": record.sent,
-        "client": record.client,
-        "request_id": record.request_id,
-        "user_agent": user_agent,
-    }
-    if record.rejection is not None:
-        fields["rejection"] = record.rejection
-    return fields
 
 
 # A service sees the same few user agents over and over, and the scan costs 1-2 µs.

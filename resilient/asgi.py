@@ -47,8 +47,8 @@ from resilient._edge import (
 )
 from resilient._edge_telemetry import (
     ASGI_HEADERS,
-    AccessRecord,
     SpanStart,
+    access_fields,
     access_wanted,
     bind_request_id,
     emit_rejection,
@@ -510,7 +510,7 @@ class ResilientMiddleware:
         if level is not None:
             log_access(
                 level,
-                AccessRecord(
+                access_fields(
                     method=scope["method"],
                     path=scope["path"],
                     query=scope.get("query_string", b"").decode("latin-1"),

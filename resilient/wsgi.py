@@ -45,8 +45,8 @@ from resilient._edge import (
 )
 from resilient._edge_telemetry import (
     WSGI_HEADERS,
-    AccessRecord,
     SpanStart,
+    access_fields,
     access_wanted,
     bind_request_id,
     emit_rejection,
@@ -623,7 +623,7 @@ class ResilientWSGIMiddleware:
         if level is not None:
             log_access(
                 level,
-                AccessRecord(
+                access_fields(
                     method=environ.get("REQUEST_METHOD", ""),
                     path=_path_of(environ),
                     query=environ.get("QUERY_STRING", ""),

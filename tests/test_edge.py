@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from resilient._edge import (
     content_length_verdict,
     effective_timeout,
     error_body,
+    new_request_id,
     rate_limit_headers,
 )
 from resilient._edge_telemetry import (
@@ -100,6 +103,31 @@ def test_well_formed_request_ids_are_kept(good: bytes) -> None:
 def test_malformed_request_ids_are_replaced(bad: bytes | str | None) -> None:
     """Anything else (too long, CR/LF, spaces, quotes, non-ASCII) gets a fresh uuid4 hex id."""
     assert re.fullmatch(r"[0-9a-f]{32}", accept_request_id(bad))
+
+
+def test_generated_request_ids_are_distinct_uuid4s_across_batches() -> None:
+    """Ids come from batches of random bytes: each is a version-4 UUID, none repeats."""
+    ids = [new_request_id() for _ in range(1000)]  # several batches
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_reuses_the_parents_request_ids() -> None:
+    """A worker forked after the parent started a batch (gunicorn --preload) draws its own."""
+    new_request_id()  # the parent has a batch in hand
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert child_id != new_request_id()
 
 
 # --- client address --------------------------------------------------------------------------
