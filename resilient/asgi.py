@@ -107,13 +107,10 @@ class _AsyncGate:
             return True
         return False
 
-    @property
-    def may_wait(self) -> bool:
-        """Whether a request finding no free slot may queue for one."""
-        return self._wait > 0
-
     async def acquire_waiting(self) -> bool:
-        """Queue for a slot: True when one was handed over within `wait` seconds."""
+        """Queue for a slot: True when one was handed over within `wait` seconds (if any)."""
+        if self._wait <= 0:
+            return False
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -149,12 +146,13 @@ class _Timer:
     handle, a reschedule); the core's `DeadlineWatchdog` keeps one timer per event loop, so
     arming is a set insertion. Same cancellation accounting: the task's cancel request is
     withdrawn (`uncancel`) when the watchdog fired, and only a cancellation it caused
-    becomes a `TimeoutError`.
+    becomes a `TimeoutError`. The deadline is also published in `resilient.deadline` for
+    the request's nested calls, until `close`.
     """
 
-    __slots__ = ("_cancelling", "_settled", "_task", "_watch", "_watchdog")
+    __slots__ = ("_cancelling", "_settled", "_task", "_token", "_watch", "_watchdog")
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, instant: float, now: float) -> None:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - ASGI servers always run apps in a task
             raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
@@ -163,7 +161,8 @@ class _Timer:
         self._settled = False
         loop = task.get_loop()
         self._watchdog = watchdog_for(loop)
-        self._watch = self._watchdog.arm(task, loop.time() + delay)
+        self._watch = self._watchdog.arm(task, loop.time() + (instant - now))
+        self._token = deadline._DEADLINE.set(instant)
 
     @property
     def expired(self) -> bool:
@@ -180,6 +179,27 @@ class _Timer:
             return False
         self._settled = True
         return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        """The app returned: disarm, withdraw a cancellation the app swallowed, restore the deadline."""
+        self._watchdog.disarm(self._watch)
+        self.settle()
+        deadline._DEADLINE.reset(self._token)
+
+
+class _NoTimer:
+    """`_Timer` for a request without a deadline: nothing to settle or close."""
+
+    __slots__ = ()
+
+    def settle(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+_NO_TIMER: Final = _NoTimer()
 
 
 async def _nothing() -> None:
@@ -241,8 +261,8 @@ class _Exchange:
         if self.timer is not None:
             self.timer.stop()
             # Background tasks run after the response in this task: nested `@resilient` calls
-            # there must not inherit a budget that was the response's. `_run` restores the
-            # previous value on exit.
+            # there must not inherit a budget that was the response's. `_Timer.close`
+            # restores the previous value when the app returns.
             deadline._DEADLINE.set(None)
 
     async def receive(self) -> Message:
@@ -319,7 +339,8 @@ class ResilientMiddleware:
         try:
             await self._protect(scope, headers, ex)
         finally:
-            self._finish(scope, headers, ex, started, root_path)
+            if ex.span is not None or self._access_log:
+                self._finish(scope, headers, ex, started, root_path)
             if otel_token is not None:
                 otel_context.detach(otel_token)
             if bound is not None:
@@ -347,22 +368,33 @@ class ResilientMiddleware:
             refusal = self._check_body(headers, plan, ex)
             limiter = plan.limiter
             if refusal is None and limiter is not None:
-                if limiter.asynchronous:
-                    decision = await limiter.ahit(self._rate_key(scope, headers, ex), want_state=self._on_success)
-                else:
-                    decision = limiter.hit(self._rate_key(scope, headers, ex), want_state=self._on_success)
-                if decision is not None:
-                    refusal = self._rate_verdict(decision, limiter, plan, ex)
+                key = self._rate_key(scope, headers, ex)
+                want_state = self._on_success
+                # In memory the hit is synchronous: no coroutine for it on every request.
+                decision = (
+                    await limiter.ahit(key, want_state=want_state)
+                    if limiter.asynchronous
+                    else limiter.hit(key, want_state=want_state)
+                )
+                refusal = None if decision is None else self._rate_verdict(decision, limiter, plan, ex)
             if refusal is not None:
                 await ex.reject(*refusal)
                 return
             gate = plan.gate
-            if gate is not None and not (gate.try_acquire() or (gate.may_wait and await gate.acquire_waiting())):
+            if gate is not None and not (gate.try_acquire() or await gate.acquire_waiting()):
                 emit_rejection(503, plan.label)
                 await ex.reject(503, _SHED_HEADERS)
                 return
             try:
-                await self._run(scope, headers, plan, ex)
+                timer = self._arm_deadline(headers, plan, ex)
+                try:
+                    await self.app(scope, ex.receive if ex.body_limit is not None else ex.raw_receive, ex.send)
+                except asyncio.CancelledError:
+                    if timer.settle():
+                        raise TimeoutError from None
+                    raise
+                finally:
+                    timer.close()
             finally:
                 if gate is not None:
                     gate.release()
@@ -395,38 +427,26 @@ class ResilientMiddleware:
         emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
         return 429, limit_headers
 
-    async def _run(self, scope: Scope, headers: _HeaderMap, plan: RoutePlan[_AsyncGate], ex: _Exchange) -> None:
-        """Call the app, under the request's deadline when it has one."""
-        receive = ex.receive if ex.body_limit is not None else ex.raw_receive
+    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[_AsyncGate], ex: _Exchange) -> _Timer | _NoTimer:
+        """Start the request's deadline, if it has one (raises `TimeoutError` if already spent)."""
         timeout = plan.timeout
         if self._honour_deadline:
             caller = headers.get(_DEADLINE_HEADER)
             if caller is not None:
                 timeout = effective_timeout(timeout, deadline.parse_header(caller))
         if timeout is None:
-            await self.app(scope, receive, ex.send)
-            return
-        if timeout <= 0:
-            ex.deadline = time.monotonic()
-            raise TimeoutError  # the caller's budget is already spent: 504 without work
+            return _NO_TIMER
         now = time.monotonic()
+        if timeout <= 0:
+            ex.deadline = now
+            raise TimeoutError  # the caller's budget is already spent: 504 without work
         instant = now + timeout
         outer = deadline._DEADLINE.get()
         if outer is not None and outer < instant:
             instant = outer
         ex.deadline = instant
-        token = deadline._DEADLINE.set(instant)
-        timer = ex.timer = _Timer(instant - now)
-        try:
-            await self.app(scope, receive, ex.send)
-        except asyncio.CancelledError:
-            if timer.settle():
-                raise TimeoutError from None
-            raise
-        finally:
-            timer.stop()
-            timer.settle()  # the app may have swallowed our cancellation: withdraw it anyway
-            deadline._DEADLINE.reset(token)
+        timer = ex.timer = _Timer(instant, now)
+        return timer
 
     def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> str:
         client = self._client(scope, ex)
