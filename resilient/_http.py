@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from resilient._breaker import _REGISTRY, BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
+from resilient._breaker import _REGISTRY, CLOSED, BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
 from resilient._clock import CLOCK
 from resilient._context import REQUEST_ID
 from resilient._errors import DeadlineExceededError
@@ -154,13 +154,16 @@ def counts_as_failure(status: int) -> bool:
     return status >= 500 or status == 429
 
 
+_REPLAYABLE_STREAMS = (httpx.ByteStream, MultipartStream)  # a tuple: `A | B` would build a union per call
+
+
 def body_is_replayable(request: httpx.Request) -> bool:
     """Can the request body be sent again? Bytes and multipart (files are re-read from 0) can.
 
     A body given as an iterator or generator is consumed by the first attempt, so such a
     request is sent at most once.
     """
-    return isinstance(request.stream, httpx.ByteStream | MultipartStream)
+    return isinstance(request.stream, _REPLAYABLE_STREAMS)
 
 
 def normalise_statuses(field: str, statuses: object) -> frozenset[int]:
@@ -353,7 +356,7 @@ def _scoped_rate_limit(limit: RateLimit, *, per_host: bool, max_hosts: int) -> R
 
 
 def _origin_of_exchange(exchange: Exchange) -> str:
-    return exchange.origin
+    return exchange.host.origin
 
 
 def _http_retry(retry: Retry) -> tuple[Retry, ResponsePredicate | None]:
@@ -416,6 +419,10 @@ class _Host:
         self.breaker = breaker
 
 
+#: The host of a transport that keeps no per-host state (no breaker, one rate limit for all).
+_NO_HOST = _Host("", None)
+
+
 class _Hosts:
     """Hosts seen recently, least recently used evicted beyond `max_hosts` (with their breakers)."""
 
@@ -429,19 +436,20 @@ class _Hosts:
         return len(self._hosts)
 
     def get(self, url: httpx.URL) -> _Host:
-        key = (url.scheme, url.host, url.port)
+        # httpx's parsed URL, read directly: its `scheme`/`host`/`port` properties are three
+        # Python calls per request. Its host is the IDNA-encoded one, so the key is as unique.
+        parsed = url._uri_reference
+        key = (parsed.scheme, parsed.host, parsed.port)
         host = self._hosts.get(key)
         if host is None:
-            return self._add(key)
+            return self._add(key, _origin(url.scheme, url.host, url.port))
         try:  # noqa: SIM105 - contextlib.suppress costs a context manager on every request
             self._hosts.move_to_end(key)
         except KeyError:  # evicted by another thread in between: this request keeps its object
             pass
         return host
 
-    def _add(self, key: tuple[str, str, int | None]) -> _Host:
-        scheme, hostname, port = key
-        origin = _origin(scheme, hostname, port)
+    def _add(self, key: tuple[str, str, int | None], origin: str) -> _Host:
         with self._lock:
             host = self._hosts.get(key)
             if host is not None:
@@ -477,7 +485,6 @@ class Exchange:
         "deadline_header",
         "host",
         "obs",
-        "origin",
         "pending",
         "request",
         "span",
@@ -486,11 +493,10 @@ class Exchange:
         "token",
     )
 
-    def __init__(self, request: httpx.Request, compiled: CompiledPolicy, host: _Host | None) -> None:
+    def __init__(self, request: httpx.Request, compiled: CompiledPolicy, host: _Host) -> None:
         self.request = request
         self.compiled = compiled
         self.host = host
-        self.origin = host.origin if host is not None else ""
         self.attempts = 0
         self.pending: httpx.Response | None = None
         # Read only when a deadline is active (first clamped attempt): most requests have none.
@@ -512,43 +518,48 @@ class Engine:
         self._needs_host = options.template is not None or options.per_host_limit
         self._statuses = options.retry_statuses
         self._retry_response = options.retry_response
+        #: Statuses below 500 that are not plain successes (retried, or counted by the breaker).
+        self._watched = options.retry_statuses | {429}
 
     # -- before
 
     def begin(self, request: httpx.Request) -> Exchange:
         """Choose the policy, find the host, start the span and add the propagation headers."""
-        host = self.hosts.get(request.url) if self._needs_host else None
-        exchange = Exchange(request, self._policy_for(request), host)
+        host = self.hosts.get(request.url) if self._needs_host else _NO_HOST
+        options = self.options
+        may_retry = options.retrying.retry is not None and self._may_repeat(request)
+        exchange = Exchange(request, options.retrying if may_retry else options.once, host)
         otel = HUB.otel
-        if not (otel.idle and otel.providers_unchanged()):  # no SDK: two reads, no span, no meter
+        if otel.idle and otel.providers_unchanged():  # no SDK: two reads, no span, no meter
+            _propagate(request.headers, None)
+        else:
             self._observe(exchange, otel.tracer(), otel.metrics())
-        _propagate(request, exchange.span)
         return exchange
 
     def _observe(self, exchange: Exchange, tracer: trace.Tracer | None, metrics: Any) -> None:
-        if tracer is not None:
-            self._start_span(exchange, tracer)
+        context = self._start_span(exchange, tracer) if tracer is not None else None
+        _propagate(exchange.request.headers, context)
         if metrics is not None:
             exchange.obs = CallObservation(self.label, None, metrics)
 
-    def _policy_for(self, request: httpx.Request) -> CompiledPolicy:
+    def _may_repeat(self, request: httpx.Request) -> bool:
+        """Is sending the request twice safe (idempotent, or made so) and possible (replayable body)?"""
         options = self.options
-        if options.retrying.retry is None:
-            return options.once
         idempotent = (
             request.method in options.retry_methods
             or options.retry_non_idempotent
             or IDEMPOTENCY_KEY in request.headers
         )
-        return options.retrying if idempotent and body_is_replayable(request) else options.once
+        return idempotent and isinstance(request.stream, _REPLAYABLE_STREAMS)
 
-    def _start_span(self, exchange: Exchange, tracer: trace.Tracer) -> None:
+    def _start_span(self, exchange: Exchange, tracer: trace.Tracer) -> otel_context.Context:
+        """Start the CLIENT span with every attribute known now (one SDK call) and make it current."""
         request = exchange.request
         url = request.url
         method = request.method
         attributes: dict[str, Any] = {
             "http.request.method": method if method in KNOWN_METHODS else "_OTHER",
-            "url.full": redact_url(str(url)),
+            "url.full": _redacted(url),
             "server.address": url.host,
             "server.port": url.port or DEFAULT_PORTS.get(url.scheme, 0),
         }
@@ -556,7 +567,9 @@ class Engine:
             attributes["http.request.method_original"] = method
         span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         exchange.span = span
-        exchange.token = otel_context.attach(trace.set_span_in_context(span))
+        context = trace.set_span_in_context(span)
+        exchange.token = otel_context.attach(context)
+        return context
 
     # -- each attempt
 
@@ -566,35 +579,55 @@ class Engine:
         deadline = _DEADLINE.get()
         if deadline is not None:  # the drivers' clock: a test may have swapped it
             _fit_into_deadline(exchange, deadline - CLOCK.monotonic(), self.label)
-        host = exchange.host
-        if host is None or host.breaker is None:
+        breaker = exchange.host.breaker
+        # A closed in-process breaker admits without a call; a shared one always asks Redis.
+        if breaker is None or (breaker.state is CLOSED and not breaker.shared):
             return False
-        return host.breaker.acquire(self.label)
+        return breaker.acquire(self.label)
 
     def judge(self, exchange: Exchange, response: httpx.Response, probe: bool, started: float) -> StatusFailure | None:
         """Record the response with the breaker; a `StatusFailure` to raise when it should be retried."""
         status = response.status_code
-        failed = counts_as_failure(status)
+        if status < 500 and status not in self._watched and self._retry_response is None:
+            # The common case, decided in one test: a success, and a clean breaker needs no news.
+            breaker = exchange.host.breaker
+            if breaker is not None and (probe or breaker.reports_success):
+                self._breaker_success(breaker, probe, started)
+            return None
+        return self._judge_status(exchange, response, probe, started)
+
+    def _judge_status(
+        self, exchange: Exchange, response: httpx.Response, probe: bool, started: float
+    ) -> StatusFailure | None:
+        status = response.status_code
         retry = exchange.compiled.retry is not None and (
             status in self._statuses or (self._retry_response is not None and self._retry_response(response))
         )
-        failure = StatusFailure(response, _retry_after_of(response)) if failed or retry else None
-        breaker = exchange.host.breaker if exchange.host is not None else None
+        failed = counts_as_failure(status)
+        breaker = exchange.host.breaker
+        if not (failed or retry):
+            if breaker is not None and (probe or breaker.reports_success):
+                self._breaker_success(breaker, probe, started)
+            return None
+        failure = StatusFailure(response, _retry_after_of(response))
         if breaker is not None:
-            if failure is not None and failed:
+            if failed:
                 breaker.on_failure(failure, probe=probe, label=self.label)
             else:
-                duration = time.monotonic() - started if breaker.timed else 0.0
-                breaker.on_success(probe=probe, duration=duration, label=self.label)
-        if not retry or failure is None:
+                self._breaker_success(breaker, probe, started)
+        if not retry:
             return None
         if failure.retry_after is not None and failure.retry_after > self.options.max_retry_after:
             return None  # the server asks for longer than we may wait: hand its answer over
         return failure
 
+    def _breaker_success(self, breaker: BreakerRuntime, probe: bool, started: float) -> None:
+        duration = time.monotonic() - started if breaker.timed else 0.0
+        breaker.on_success(probe=probe, duration=duration, label=self.label)
+
     def attempt_failed(self, exchange: Exchange, error: BaseException, probe: bool) -> None:
         """Count a transport error against the host's breaker (cancellation gives the probe back)."""
-        breaker = exchange.host.breaker if exchange.host is not None else None
+        breaker = exchange.host.breaker
         if breaker is None:
             return
         if isinstance(error, Exception):
@@ -608,34 +641,38 @@ class Engine:
         """Close the span, count the call and log one line for a request that got a response."""
         status = response.status_code
         failed = status >= 500 or status in self._statuses
-        span = exchange.span
-        if span is not None:
-            span.set_attribute("http.response.status_code", status)
+        level = logging.WARNING if failed else logging.DEBUG
+        if HUB.listeners or HUB.logger.is_enabled_for(level):  # else the span carries every field
+            self._log(exchange, level, None, status)
+        if exchange.span is not None:
+            attributes: dict[str, Any] = {"http.response.status_code": status}
             if status >= 400:
-                span.set_attribute("error.type", str(status))
-                span.set_status(Status(StatusCode.ERROR))
-        self._log(exchange, logging.WARNING if failed else logging.DEBUG, None, status)
-        self._end(exchange, "failure" if failed else "success", None)
+                attributes["error.type"] = str(status)
+            _end_span(exchange, attributes, Status(StatusCode.ERROR) if status >= 400 else None)
+        if exchange.obs is not None:
+            exchange.obs.end("failure" if failed else "success", None, {})
 
     def fail(self, exchange: Exchange, error: BaseException) -> None:
         """Close the span, count the call and log one line for a request that raised."""
-        span = exchange.span
-        if span is not None:
-            span.set_attribute("error.type", _error_type(error))
-            span.record_exception(error, attributes=_redacted_exception(error))
-            span.set_status(Status(StatusCode.ERROR, _error_type(error)))
         if isinstance(error, Exception):
-            outcome = outcome_of(error)[0]
+            outcome, rejection = outcome_of(error)
             # A rejection (open circuit, rate limit) is logged where it happens, once per
             # transition; a line per fail-fast request would flood the logs during an outage.
-            self._log(exchange, logging.DEBUG if outcome == "rejected" else logging.WARNING, error, None)
-            self._end(exchange, outcome, error)
+            level = logging.DEBUG if outcome == "rejected" else logging.WARNING
+            if HUB.listeners or HUB.logger.is_enabled_for(level):
+                self._log(exchange, level, error, None)
         else:
-            self._end(exchange, "cancelled", None)
+            outcome, rejection = "cancelled", None
+        span = exchange.span
+        if span is not None:
+            error_type = _error_type(error)
+            span.record_exception(error, attributes=_redacted_exception(error))
+            _end_span(exchange, {"error.type": error_type}, Status(StatusCode.ERROR, error_type))
+        if exchange.obs is not None:
+            extra = {"resilient.rejection": rejection} if outcome == "rejected" else {}
+            exchange.obs.end(outcome, None if outcome == "cancelled" else error, extra)
 
     def _log(self, exchange: Exchange, level: int, error: BaseException | None, status: int | None) -> None:
-        if not (HUB.logger.is_enabled_for(level) or HUB.listeners):
-            return  # the span already carries every field: no event just for it
         request = exchange.request
         HUB.emit(
             EVENT_REQUEST,
@@ -643,25 +680,39 @@ class Engine:
             level,
             error,
             method=request.method,
-            url=redact_url(str(request.url)),
+            url=_redacted(request.url),
             status=status,
             duration=round(time.monotonic() - exchange.started, 6),
             attempts=exchange.attempts,
         )
 
-    def _end(self, exchange: Exchange, outcome: str, error: BaseException | None) -> None:
-        span = exchange.span
-        if span is not None:
-            span.set_attribute("resilient.attempts", exchange.attempts)
-            if exchange.attempts > 1:
-                span.set_attribute("http.request.resend_count", exchange.attempts - 1)
-            span.end()
-            otel_context.detach(exchange.token)  # type: ignore[arg-type]
-        if exchange.obs is not None:
-            extra = {}
-            if error is not None and outcome == "rejected":
-                extra["resilient.rejection"] = outcome_of(error)[1]
-            exchange.obs.end(outcome, error, extra)
+
+def _end_span(exchange: Exchange, attributes: dict[str, Any], status: Status | None) -> None:
+    """Set the closing attributes in one SDK call, end the span and restore the caller's context."""
+    span: trace.Span = exchange.span  # type: ignore[assignment]
+    attributes["resilient.attempts"] = exchange.attempts
+    if exchange.attempts > 1:
+        attributes["http.request.resend_count"] = exchange.attempts - 1
+    span.set_attributes(attributes)
+    if status is not None:
+        span.set_status(status)
+    span.end()
+    otel_context.detach(exchange.token)  # type: ignore[arg-type]
+
+
+_REDACTED_URLS: dict[str, str] = {}
+_MAX_REDACTED_URLS = 256
+
+
+def _redacted(url: httpx.URL) -> str:
+    """`redact_url` of the URL, remembered: a client mostly calls the same few URLs."""
+    text = str(url)
+    redacted = _REDACTED_URLS.get(text)
+    if redacted is None:
+        if len(_REDACTED_URLS) >= _MAX_REDACTED_URLS:  # URLs carrying ids would grow it forever
+            _REDACTED_URLS.clear()
+        redacted = _REDACTED_URLS[text] = redact_url(text)
+    return redacted
 
 
 def _retry_after_of(response: httpx.Response) -> float | None:
@@ -688,10 +739,13 @@ def _fit_into_deadline(exchange: Exchange, remaining: float, label: str) -> None
         request.headers[HEADER] = format_header(remaining)
 
 
-def _propagate(request: httpx.Request, span: trace.Span | None) -> None:
-    """Add trace context (the app's propagator) and the request id, never replacing the caller's headers."""
-    headers = request.headers
-    context = trace.set_span_in_context(span) if span is not None else otel_context.get_current()
+def _propagate(headers: httpx.Headers, context: otel_context.Context | None) -> None:
+    """Add trace context (the app's propagator) and the request id, never replacing the caller's headers.
+
+    `context` holds the request's CLIENT span; without one the current (maybe remote) context is forwarded.
+    """
+    if context is None:
+        context = otel_context.get_current()
     if context:  # an empty context (no span, no baggage) has nothing to propagate: skip the 2 µs
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=context)

@@ -106,7 +106,8 @@ class ResilientTransport(httpx.BaseTransport):
         return response
 
     def _attempt(self, exchange: Exchange) -> httpx.Response:
-        _close_pending(exchange)  # this attempt replaces the response a retry discarded
+        if exchange.pending is not None:  # this attempt replaces the response a retry discarded
+            _close_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
         started = time.monotonic()
@@ -162,7 +163,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _attempt(self, exchange: Exchange) -> httpx.Response:
-        await _aclose_pending(exchange)
+        if exchange.pending is not None:  # tested here: a coroutine per attempt costs more than the test
+            await _aclose_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
         started = time.monotonic()
