@@ -11,7 +11,6 @@ import logging
 import traceback
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -109,7 +108,9 @@ class AsgiHeaderGetter(Getter[Mapping[bytes, bytes]]):
     """
 
     def get(self, carrier: Mapping[bytes, bytes], key: str) -> list[str] | None:
-        value = carrier.get(key.lower().encode("latin-1"))
+        # Propagators ask in lower case; a text dict carrier (what this replaces) was no
+        # more forgiving.
+        value = carrier.get(key.encode("latin-1"))
         return None if value is None else [value.decode("latin-1")]
 
     def keys(self, carrier: Mapping[bytes, bytes]) -> list[str]:
@@ -139,48 +140,45 @@ def extract_parent(carrier: Any, getter: Getter[Any]) -> otel_context.Context:
         return otel_context.Context()
 
 
-# Not frozen: a frozen dataclass sets each field through `object.__setattr__`, three times
-# the cost of plain assignment, on every traced request.
-@dataclass(slots=True, kw_only=True)
-class SpanStart:
-    """What the SERVER span of a request is started with (HTTP semantic conventions)."""
-
-    method: str
-    path: str
-    scheme: str
-    client: str
-    protocol: str
-    user_agent: str | None
-    host: str | None
-    request_id: str | None
-
-    def attributes(self) -> dict[str, Any]:
-        """The span's start attributes; optional ones only when known."""
-        method = span_method(self.method)
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": loggable(self.path),
-            "url.scheme": self.scheme,
-            "client.address": self.client,
-            "network.protocol.version": self.protocol,
-        }
-        if method == "_OTHER":
-            attributes["http.request.method_original"] = loggable(self.method)
-        if self.user_agent is not None:
-            attributes["user_agent.original"] = loggable(self.user_agent)
-        if self.host:
-            attributes["server.address"] = loggable(host_without_port(self.host))
-        if self.request_id is not None:
-            attributes["resilient.request_id"] = self.request_id
-        return attributes
+def server_span_attributes(
+    *,
+    method: str,
+    path: str,
+    scheme: str,
+    client: str,
+    protocol: str,
+    user_agent: str | None,
+    host: str | None,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """The SERVER span's start attributes (HTTP semantic conventions); optional ones only when known."""
+    known = span_method(method)
+    attributes: dict[str, Any] = {
+        "http.request.method": known,
+        "url.path": loggable(path),
+        "url.scheme": scheme,
+        "client.address": client,
+        "network.protocol.version": protocol,
+    }
+    if known == "_OTHER":
+        attributes["http.request.method_original"] = loggable(method)
+    if user_agent is not None:
+        attributes["user_agent.original"] = loggable(user_agent)
+    if host:
+        attributes["server.address"] = loggable(host_without_port(host))
+    if request_id is not None:
+        attributes["resilient.request_id"] = request_id
+    return attributes
 
 
-def start_server_span(tracer: Tracer, start: SpanStart, carrier: Any, getter: Getter[Any]) -> tuple[Span, Token[Any]]:
+def start_server_span(
+    tracer: Tracer, attributes: dict[str, Any], carrier: Any, getter: Getter[Any]
+) -> tuple[Span, Token[Any]]:
     """Start the SERVER span (named after the method until the route is known) and make it current."""
     parent = extract_parent(carrier, getter)
-    method = span_method(start.method)
-    name = "HTTP" if method == "_OTHER" else method
-    span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=start.attributes())
+    known = attributes["http.request.method"]
+    name = "HTTP" if known == "_OTHER" else known
+    span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
     return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
 
@@ -227,7 +225,7 @@ def access_level(status: int, rejection: str | None) -> int:
 
 def access_wanted(status: int, rejection: str | None) -> int | None:
     """The level of this request's access-log line, or None when no log or listener would see it."""
-    level = access_level(status, rejection)
+    level = logging.INFO if status < 500 else access_level(status, rejection)
     if HUB.listeners or HUB.logger.is_enabled_for(level):
         return level
     return None

@@ -47,7 +47,6 @@ from resilient._edge import (
 )
 from resilient._edge_telemetry import (
     ASGI_HEADERS,
-    SpanStart,
     access_fields,
     access_wanted,
     bind_request_id,
@@ -55,6 +54,7 @@ from resilient._edge_telemetry import (
     end_server_span,
     log_access,
     report_unhandled,
+    server_span_attributes,
     start_server_span,
     unbind_request_id,
 )
@@ -506,17 +506,18 @@ class ResilientMiddleware:
             return None
         server = scope.get("server")
         host = headers.get(b"host")
-        start = SpanStart(
+        user_agent = headers.get(b"user-agent")
+        attributes = server_span_attributes(
             method=scope["method"],
             path=scope["path"],
             scheme=scope.get("scheme", "http"),
-            client=self._client(scope, ex),
+            client=ex.client or self._client(scope, ex),
             protocol=scope.get("http_version", "1.1"),
-            user_agent=_text(headers.get(b"user-agent")),
-            host=_text(host) if host is not None else (str(server[0]) if server else None),
+            user_agent=None if user_agent is None else user_agent.decode("latin-1"),
+            host=host.decode("latin-1") if host is not None else (str(server[0]) if server else None),
             request_id=ex.request_id,
         )
-        ex.span, token = start_server_span(tracer, start, headers, ASGI_HEADERS)
+        ex.span, token = start_server_span(tracer, attributes, headers, ASGI_HEADERS)
         return token
 
     def _finish(self, scope: Scope, headers: _HeaderMap, ex: _Exchange, started: float, root: str) -> None:
@@ -538,9 +539,9 @@ class ResilientMiddleware:
                     status=ex.status,
                     duration=(ex.ended or time.perf_counter()) - started,
                     sent=ex.sent_bytes,
-                    client=self._client(scope, ex),
+                    client=ex.client or self._client(scope, ex),
                     request_id=ex.request_id,
-                    user_agent=_text(headers.get(b"user-agent")) or "",
+                    user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
                     rejection=ex.rejection,
                 ),
             )
@@ -553,10 +554,6 @@ def _joined(raw_headers: Any, name: bytes) -> str | None:
     """All values of a repeated header joined with commas (as RFC 9110 allows), or None."""
     values = [value.decode("latin-1") for key, value in raw_headers if key == name]
     return ", ".join(values) if values else None
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
 
 
 def _route_of(scope: Scope, root_path: str) -> str | None:

@@ -45,7 +45,6 @@ from resilient._edge import (
 )
 from resilient._edge_telemetry import (
     WSGI_HEADERS,
-    SpanStart,
     access_fields,
     access_wanted,
     bind_request_id,
@@ -53,6 +52,7 @@ from resilient._edge_telemetry import (
     end_server_span,
     log_access,
     report_unhandled,
+    server_span_attributes,
     start_server_span,
 )
 from resilient._errors import DeadlineExceededError
@@ -600,7 +600,7 @@ class ResilientWSGIMiddleware:
         if tracer is None:
             return
         environ, ex = state.environ, state.ex
-        start = SpanStart(
+        attributes = server_span_attributes(
             method=environ.get("REQUEST_METHOD", ""),
             path=_path_of(environ),
             scheme=environ.get("wsgi.url_scheme", "http"),
@@ -610,7 +610,7 @@ class ResilientWSGIMiddleware:
             host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
             request_id=ex.request_id,
         )
-        ex.span, _ = start_server_span(tracer, start, environ, WSGI_HEADERS)
+        ex.span, _ = start_server_span(tracer, attributes, environ, WSGI_HEADERS)
         # The token is never detached: the context it was attached in is the request's own.
 
     def finish(self, state: _RequestState) -> None:

@@ -77,9 +77,19 @@ class EventLogger:
         """Cheap check before an event is built: the app's structlog level, or the stdlib one."""
         if not self.enabled:
             return False
-        if structlog.is_configured():
-            return _app_enabled_for(self._app.bind(), level)
-        return self.stdlib.isEnabledFor(level)
+        if not structlog.is_configured():
+            return self.stdlib.isEnabledFor(level)
+        # `bind()` returns the logger cached on first use as is; then, filtering bound loggers
+        # answer `is_enabled_for`, stdlib ones `isEnabledFor`, and anything else gets every
+        # event and filters it itself.
+        logger = self._app.bind()
+        check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+        if check is None:
+            return True
+        try:
+            return bool(check(level))
+        except Exception:  # a custom wrapper with another signature
+            return True
 
     def log(self, level: int, name: str, fields: dict[str, Any]) -> None:
         """Write the event through the app's structlog or stdlib.
@@ -94,16 +104,3 @@ class EventLogger:
             self._app.bind().log(level, name, **add_request_id(None, "", add_trace_context(None, "", fields)))
         else:
             self._fallback.log(level, name, **fields)
-
-
-def _app_enabled_for(logger: Any, level: int) -> bool:
-    """Whether the app's bound logger lets `level` through."""
-    # Filtering bound loggers answer `is_enabled_for`, stdlib ones `isEnabledFor`; anything
-    # else gets every event and filters it itself.
-    check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
-    if check is None:
-        return True
-    try:
-        return bool(check(level))
-    except Exception:  # a custom wrapper with another signature
-        return True
