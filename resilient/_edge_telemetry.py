@@ -46,8 +46,9 @@ def loggable(text: str) -> str:
 
 def display_target(path: str, query: str) -> str:
     """The request target for logs and spans: path plus query, secret parameters masked."""
-    target = f"{path}?{query}" if query else path
-    return loggable(redact_url(target))
+    if not query and "?" not in path and "#" not in path and "//" not in path:
+        return loggable(path)  # nothing `redact_url` could mask: no query, fragment or userinfo
+    return loggable(redact_url(f"{path}?{query}" if query else path))
 
 
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})

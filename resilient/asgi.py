@@ -43,6 +43,7 @@ from resilient._edge import (
     effective_timeout,
     error_body,
     error_headers,
+    new_request_id,
     rate_limit_headers,
 )
 from resilient._edge_telemetry import (
@@ -150,18 +151,16 @@ class _Timer:
     the request's nested calls, until `close`.
     """
 
-    __slots__ = ("_cancelling", "_settled", "_task", "_token", "_watch", "_watchdog")
+    __slots__ = ("_armed", "_cancelling", "_settled", "_task", "_token", "_watch", "_watchdog")
 
-    def __init__(self, instant: float, now: float) -> None:
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - ASGI servers always run apps in a task
-            raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
+    def __init__(self, task: asyncio.Task[Any], instant: float, now: float) -> None:
         self._task = task
         self._cancelling = task.cancelling()
         self._settled = False
         loop = task.get_loop()
-        self._watchdog = watchdog_for(loop)
-        self._watch = self._watchdog.arm(task, loop.time() + (instant - now))
+        self._watchdog = watchdog = watchdog_for(loop)
+        self._watch = watchdog.arm(task, loop.time() + (instant - now))
+        self._armed = True
         self._token = deadline._DEADLINE.set(instant)
 
     @property
@@ -170,8 +169,10 @@ class _Timer:
         return self._watch.fired
 
     def stop(self) -> None:
-        """Disarm the timer (idempotent): the response is complete or the app returned."""
-        self._watchdog.disarm(self._watch)
+        """Disarm the timer: the response is complete, or the app returned."""
+        if self._armed:  # a flag test is cheaper than a second call into the watchdog
+            self._armed = False
+            self._watchdog.disarm(self._watch)
 
     def settle(self) -> bool:
         """After the app: withdraw our cancel request; True when it is what stopped the app."""
@@ -182,8 +183,9 @@ class _Timer:
 
     def close(self) -> None:
         """The app returned: disarm, withdraw a cancellation the app swallowed, restore the deadline."""
-        self._watchdog.disarm(self._watch)
-        self.settle()
+        self.stop()
+        if self._watch.fired:
+            self.settle()
         deadline._DEADLINE.reset(self._token)
 
 
@@ -332,7 +334,8 @@ class ResilientMiddleware:
         ex = _Exchange(receive, send)
         bound = None
         if self._request_id_header is not None:
-            request_id = ex.request_id = accept_request_id(headers.get(self._request_id_header))
+            given = headers.get(self._request_id_header)
+            request_id = ex.request_id = new_request_id() if given is None else accept_request_id(given)
             ex.response_headers = [(self._response_id_name, request_id.encode("ascii"))]
             bound = bind_request_id(request_id)
         otel_token = self._start_span(scope, headers, ex) if self._tracing else None
@@ -445,7 +448,10 @@ class ResilientMiddleware:
         if outer is not None and outer < instant:
             instant = outer
         ex.deadline = instant
-        timer = ex.timer = _Timer(instant, now)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - ASGI servers always run apps in a task
+            raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
+        timer = ex.timer = _Timer(task, instant, now)
         return timer
 
     def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> str:

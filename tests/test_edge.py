@@ -283,3 +283,17 @@ def test_logged_text_is_printable_bounded_and_redacted() -> None:
     assert len(loggable("/" + "x" * 5000)) == 1024 + 3
     assert display_target("/p", "token=abc&page=2") == "/p?token=***&page=2"
     assert display_target("/p", "") == "/p"
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("/plain/path", "/plain/path"),
+        ("//user:secret@host/p", "//user:***@host/p"),  # a decoded path can look like a URL
+        ("/a#access_token=abc", "/a#access_token=***"),
+        ("/a?token=abc", "/a?token=***"),  # %3F decoded into the path
+    ],
+)
+def test_paths_without_a_query_are_still_redacted_when_they_could_hide_a_secret(path: str, shown: str) -> None:
+    """The shortcut for plain paths never skips what `redact_url` would mask."""
+    assert display_target(path, "") == shown
