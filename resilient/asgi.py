@@ -63,7 +63,7 @@ from resilient._timeout import watchdog_for
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = ["ResilientMiddleware", "RouteOptions"]
 
@@ -253,19 +253,15 @@ class _Exchange:
                 return _nothing()
             self.sent_bytes += len(message.get("body", b""))
             if not message.get("more_body", False):
-                self._response_done()
+                # The response is complete: lift the deadline so background tasks (they run
+                # after the response, in this task) do not inherit the response's budget.
+                # `_Timer.close` restores the previous value when the app returns.
+                self.complete = True
+                self.ended = time.perf_counter()
+                if self.timer is not None:
+                    self.timer.stop()
+                    deadline._DEADLINE.set(None)
         return self._send(message)
-
-    def _response_done(self) -> None:
-        """The response is complete: lift the deadline so background tasks run to their end."""
-        self.complete = True
-        self.ended = time.perf_counter()
-        if self.timer is not None:
-            self.timer.stop()
-            # Background tasks run after the response in this task: nested `@resilient` calls
-            # there must not inherit a budget that was the response's. `_Timer.close`
-            # restores the previous value when the app returns.
-            deadline._DEADLINE.set(None)
 
     async def receive(self) -> Message:
         """The app's `receive` under a body limit: raises once the body grows past it."""
@@ -321,6 +317,7 @@ class ResilientMiddleware:
         self._access_log = self.options.access_log
         self._honour_deadline = self.options.honour_deadline_header
         self._router = self._edge.router
+        self._routed = bool(self.options.routes)  # else every request gets the default plan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -338,7 +335,8 @@ class ResilientMiddleware:
             request_id = ex.request_id = new_request_id() if given is None else accept_request_id(given)
             ex.response_headers = [(self._response_id_name, request_id.encode("ascii"))]
             bound = bind_request_id(request_id)
-        otel_token = self._start_span(scope, headers, ex) if self._tracing else None
+        tracer = HUB.otel.tracer() if self._tracing else None
+        otel_token = None if tracer is None else self._start_span(tracer, scope, headers, ex)
         try:
             await self._protect(scope, headers, ex)
         finally:
@@ -366,7 +364,7 @@ class ResilientMiddleware:
     async def _protect(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> None:
         """Admission checks, then the app, all under the error shield."""
         try:
-            plan = self._router.plan_for(scope["path"])
+            plan = self._router.plan_for(scope["path"]) if self._routed else self._router.default
             ex.route_label = plan.label
             refusal = self._check_body(headers, plan, ex)
             limiter = plan.limiter
@@ -505,11 +503,8 @@ class ResilientMiddleware:
 
     # --- tracing and the access log ----------------------------------------------------------
 
-    def _start_span(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> Token[Any] | None:
+    def _start_span(self, tracer: Tracer, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> Token[Any]:
         """Start the SERVER span continuing the caller's trace; the context token to detach."""
-        tracer = HUB.otel.tracer()
-        if tracer is None:
-            return None
         server = scope.get("server")
         host = headers.get(b"host")
         user_agent = headers.get(b"user-agent")
