@@ -183,7 +183,9 @@ class _Timer:
 
     def close(self) -> None:
         """The app returned: disarm, withdraw a cancellation the app swallowed, restore the deadline."""
-        self.stop()
+        if self._armed:  # else the response completed and `stop` ran already
+            self._armed = False
+            self._watchdog.disarm(self._watch)
         if self._watch.fired:
             self.settle()
         deadline._DEADLINE.reset(self._token)
