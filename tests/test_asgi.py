@@ -16,9 +16,12 @@ import structlog
 import uvicorn
 from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter, default_setter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, set_span_in_context
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -179,6 +182,43 @@ async def test_invalid_traceparent_starts_a_new_trace(spans: InMemorySpanExporte
     assert response.status_code == 200
     span = our_server_span(spans)
     assert span.parent is None
+
+
+class _HeaderTracePropagator(TextMapPropagator):
+    """A propagator reading the caller's trace id from ``x-trace`` (none of the default headers)."""
+
+    def extract(self, carrier: Any, context: Context | None = None, getter: Getter[Any] = default_getter) -> Context:
+        values = getter.get(carrier, "x-trace")
+        if not values:
+            return Context() if context is None else context
+        parent = SpanContext(int(values[0], 16), 0x00F067AA0BA902B7, is_remote=True, trace_flags=TraceFlags(1))
+        return set_span_in_context(NonRecordingSpan(parent), context)
+
+    def inject(self, carrier: Any, context: Context | None = None, setter: Setter[Any] = default_setter) -> None:
+        raise NotImplementedError
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-trace"}
+
+
+async def test_the_apps_own_propagator_is_asked_even_without_default_headers(spans: InMemorySpanExporter) -> None:
+    """The shortcut for requests without trace headers applies to the default propagators only."""
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(_HeaderTracePropagator())
+    try:
+        async with client_for(fastapi_app()) as client:
+            await client.get("/items/5", headers={"x-trace": TRACE_ID})
+    finally:
+        propagate.set_global_textmap(default)
+    assert format(our_server_span(spans).context.trace_id, "032x") == TRACE_ID
+
+
+async def test_a_request_without_trace_headers_starts_a_trace(spans: InMemorySpanExporter) -> None:
+    """No traceparent: a root span (the default propagators' answer, without asking them)."""
+    async with client_for(fastapi_app()) as client:
+        await client.get("/items/5")
+    assert our_server_span(spans).parent is None
 
 
 async def test_unhandled_error_is_recorded_on_the_span_redacted(spans: InMemorySpanExporter) -> None:
