@@ -21,10 +21,13 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import httpx
+import opentelemetry.metrics._internal as _metrics_state
+import opentelemetry.trace as _trace_state
 import tenacity
 from httpx._multipart import MultipartStream
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from resilient._breaker import _REGISTRY, CLOSED, BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
@@ -48,6 +51,9 @@ from resilient.deadline import _DEADLINE, HEADER, format_header
 from resilient.instrumentation._hub import HUB, outcome_of
 from resilient.instrumentation._otel import CallObservation, _error_type, _redacted_exception
 from resilient.redaction import redact_url
+
+#: Read on every request to decide whether telemetry is needed at all.
+_OTEL = HUB.otel
 
 if TYPE_CHECKING:
     from resilient._compiled import CompiledPolicy
@@ -481,15 +487,14 @@ class Exchange:
 
     __slots__ = (
         "attempts",
+        "caller_limits",
         "compiled",
-        "deadline_header",
         "host",
         "obs",
         "pending",
         "request",
         "span",
         "started",
-        "timeout",
         "token",
     )
 
@@ -499,9 +504,9 @@ class Exchange:
         self.host = host
         self.attempts = 0
         self.pending: httpx.Response | None = None
-        # Read only when a deadline is active (first clamped attempt): most requests have none.
-        self.timeout: dict[str, float | None] | None = None
-        self.deadline_header: bool | None = None
+        # (the caller's httpx timeouts, add the deadline header?), read at the first clamped
+        # attempt: most requests have no deadline.
+        self.caller_limits: tuple[dict[str, float | None] | None, bool] | None = None
         self.span: trace.Span | None = None
         self.token: object | None = None
         self.obs: CallObservation | None = None
@@ -518,6 +523,8 @@ class Engine:
         self._needs_host = options.template is not None or options.per_host_limit
         self._statuses = options.retry_statuses
         self._retry_response = options.retry_response
+        self._retrying = options.retrying if options.retrying.retry is not None else None
+        self._once = options.once
         #: Statuses below 500 that are not plain successes (retried, or counted by the breaker).
         self._watched = options.retry_statuses | {429}
 
@@ -526,18 +533,21 @@ class Engine:
     def begin(self, request: httpx.Request) -> Exchange:
         """Choose the policy, find the host, start the span and add the propagation headers."""
         host = self.hosts.get(request.url) if self._needs_host else _NO_HOST
-        options = self.options
-        may_retry = options.retrying.retry is not None and self._may_repeat(request)
-        exchange = Exchange(request, options.retrying if may_retry else options.once, host)
-        otel = HUB.otel
-        if otel.idle and otel.providers_unchanged():  # no SDK: two reads, no span, no meter
-            _propagate(request.headers, None)
+        retrying = self._retrying
+        may_retry = retrying is not None and self._may_repeat(request)
+        exchange = Exchange(request, retrying if may_retry else self._once, host)  # type: ignore[arg-type]
+        if (  # the drivers' "anyone listening?" test, inlined: the idle flag and two identity tests
+            _OTEL.idle
+            and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
+            and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
+        ):
+            _propagate(request.headers, otel_context.get_current())  # no SDK: no span, no meter
         else:
-            self._observe(exchange, otel.tracer(), otel.metrics())
+            self._observe(exchange, _OTEL.tracer(), _OTEL.metrics())
         return exchange
 
     def _observe(self, exchange: Exchange, tracer: trace.Tracer | None, metrics: Any) -> None:
-        context = self._start_span(exchange, tracer) if tracer is not None else None
+        context = self._start_span(exchange, tracer) if tracer is not None else otel_context.get_current()
         _propagate(exchange.request.headers, context)
         if metrics is not None:
             exchange.obs = CallObservation(self.label, None, metrics)
@@ -725,33 +735,37 @@ def _fit_into_deadline(exchange: Exchange, remaining: float, label: str) -> None
     if remaining <= 0:
         raise DeadlineExceededError(0.0, scope="inherited", policy=label)
     request = exchange.request
-    if exchange.deadline_header is None:  # first clamped attempt: remember what the caller set
-        exchange.timeout = request.extensions.get("timeout")
-        exchange.deadline_header = HEADER not in request.headers
-    base = exchange.timeout
+    if exchange.caller_limits is None:  # first clamped attempt: remember what the caller set
+        exchange.caller_limits = (request.extensions.get("timeout"), HEADER not in request.headers)
+    base, add_header = exchange.caller_limits
     if base is not None:
         request.extensions["timeout"] = {
             phase: remaining if limit is None or limit > remaining else limit for phase, limit in base.items()
         }
     else:
         request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), remaining)
-    if exchange.deadline_header:
+    if add_header:
         request.headers[HEADER] = format_header(remaining)
 
 
-def _propagate(headers: httpx.Headers, context: otel_context.Context | None) -> None:
+def _propagate(headers: httpx.Headers, context: otel_context.Context) -> None:
     """Add trace context (the app's propagator) and the request id, never replacing the caller's headers.
 
-    `context` holds the request's CLIENT span; without one the current (maybe remote) context is forwarded.
+    `context` holds the request's CLIENT span, or is the current (maybe remote) context.
     """
-    if context is None:
-        context = otel_context.get_current()
     if context:  # an empty context (no span, no baggage) has nothing to propagate: skip the 2 µs
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=context)
-        for name, value in carrier.items():
-            if name not in headers:
-                headers[name] = value
+        propagate.inject(headers, context=context, setter=_KEEP_CALLERS)
     request_id = REQUEST_ID.get()
     if request_id is not None and REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request_id
+
+
+class _SetUnlessPresent(Setter[httpx.Headers]):
+    """The propagator writes straight into the request's headers, keeping any the caller set."""
+
+    def set(self, carrier: httpx.Headers, key: str, value: str) -> None:
+        if key not in carrier:
+            carrier[key] = value
+
+
+_KEEP_CALLERS = _SetUnlessPresent()
