@@ -1,485 +1,57 @@
-"""The decisions behind `resilient.httpx`: HTTP facts, options and the per-request engine.
+"""The per-request engine behind `resilient.httpx`: one logical request, decided once for both twins.
 
 The transports in `resilient.httpx` only do I/O (send, read, close); everything they
-decide — which policy a request runs under, which host breaker it consults, how its
+decide per request — which policy it runs under, which host breaker it consults, how its
 timeouts fit the deadline, which response is retried and for how long, what the span and
-the log line say — is decided here, once for both twins (httpx's `BaseClient` split).
-Helpers are plain functions over httpx objects, cheap enough for every request.
+the log line say, which headers travel with it — is decided here (httpx's `BaseClient`
+split). The options are compiled in `_http_options`, per-host state lives in `_http_hosts`,
+HTTP facts in `_http_rules`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import logging
-import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from datetime import UTC
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
-import tenacity
-from httpx._multipart import MultipartStream
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from resilient._breaker import _REGISTRY, CLOSED, BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
+from resilient._breaker import CLOSED, BreakerRuntime
 from resilient._clock import CLOCK
 from resilient._context import REQUEST_ID
 from resilient._errors import DeadlineExceededError
-from resilient._policy import (
-    BulkheadOption,
-    Policy,
-    RateLimitOption,
-    RetryOption,
-    TimeoutOption,
-    _as_bulkhead,
-    _as_rate_limit,
-    _as_retry,
-    _as_timeout,
+from resilient._http_hosts import NO_HOST, Host, Hosts
+from resilient._http_rules import (
+    DEFAULT_PORTS,
+    IDEMPOTENCY_KEY,
+    KNOWN_METHODS,
+    REPLAYABLE_STREAMS,
+    StatusFailure,
+    counts_as_failure,
+    parse_retry_after,
 )
-from resilient._retry import Retry
-from resilient._validate import check_int, check_name, check_seconds
 from resilient.deadline import _DEADLINE, HEADER, format_header
 from resilient.instrumentation._hub import HUB, outcome_of
 from resilient.instrumentation._otel import CallObservation, _error_type, _redacted_exception
 from resilient.redaction import redact_url
 
-#: Read on every request to decide whether telemetry is needed at all.
-_OTEL = HUB.otel
-
 if TYPE_CHECKING:
     from resilient._compiled import CompiledPolicy
-    from resilient._ratelimit import RateLimit
+    from resilient._http_options import Options
 
-__all__ = [
-    "DEFAULT_MAX_HOSTS",
-    "DEFAULT_MAX_RETRY_AFTER",
-    "DEFAULT_PORTS",
-    "EVENT_REQUEST",
-    "IDEMPOTENCY_KEY",
-    "IDEMPOTENT_METHODS",
-    "KNOWN_METHODS",
-    "OPTION_NAMES",
-    "RETRY_STATUSES",
-    "TRANSIENT_ERRORS",
-    "Engine",
-    "Exchange",
-    "StatusFailure",
-    "TransportOptions",
-    "body_is_replayable",
-    "build_options",
-    "counts_as_failure",
-    "normalise_methods",
-    "normalise_statuses",
-    "parse_retry_after",
-]
+__all__ = ["EVENT_REQUEST", "Engine", "Exchange"]
 
-#: Methods that may be repeated without changing the outcome (RFC 9110 section 9.2.2).
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-#: Statuses that say "try again later" rather than "this request is wrong".
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: The header that makes a non-idempotent request safe to repeat (draft-ietf-httpapi-idempotency-key-header).
-IDEMPOTENCY_KEY = "idempotency-key"
-#: Methods the HTTP semantic conventions name; others are reported as ``_OTHER``.
-KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-DEFAULT_NAME = "httpx"
-DEFAULT_MAX_RETRY_AFTER = 60.0
-DEFAULT_MAX_HOSTS = 1024
 EVENT_REQUEST = "http.request"
 REQUEST_ID_HEADER = "x-request-id"
 
-RateLimitScope = Literal["host", "client"]
-BreakerTemplate = CircuitBreaker | bool | None
-ResponsePredicate = Callable[[httpx.Response], bool]
-
-#: Transport failures worth another attempt of an idempotent request: the connection could
-#: not be made or broke, or a connect/read/write/pool timeout fired. Protocol violations by
-#: our side (`LocalProtocolError`, `UnsupportedProtocol`) and decoding errors are bugs, not weather.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-)
-
-_MAX_RETRY_AFTER_TEXT = 64  # longer values are not a delay or a date: ignore them
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` value asks to wait, rounded up to the millisecond.
-
-    Accepts delta-seconds (``"120"``, leniently ``"1.5"``) and an HTTP-date (waited until,
-    measured against `now`, a `time.time()` value). Absent, malformed, negative or
-    non-finite values give None; a date in the past gives 0.0.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text or len(text) > _MAX_RETRY_AFTER_TEXT:
-        return None
-    seconds = _delta_seconds(text)
-    if seconds is None:
-        seconds = _seconds_until_date(text, time.time() if now is None else now)
-    if seconds is None:
-        return None
-    # Round up so that we never wait less than the server asked (dotnet/extensions#7001).
-    return math.ceil(seconds * 1000) / 1000
-
-
-def _delta_seconds(text: str) -> float | None:
-    if not text[0].isdigit():
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) else None
-
-
-def _seconds_until_date(text: str, now: float) -> float | None:
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses zone-less; HTTP-dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
-
-
-def counts_as_failure(status: int) -> bool:
-    """Does this status count against the host's circuit breaker? 5xx and 429 do; other 4xx do not."""
-    return status >= 500 or status == 429
-
-
-_REPLAYABLE_STREAMS = (httpx.ByteStream, MultipartStream)  # a tuple: `A | B` would build a union per call
-
-
-def body_is_replayable(request: httpx.Request) -> bool:
-    """Can the request body be sent again? Bytes and multipart (files are re-read from 0) can.
-
-    A body given as an iterator or generator is consumed by the first attempt, so such a
-    request is sent at most once.
-    """
-    return isinstance(request.stream, _REPLAYABLE_STREAMS)
-
-
-def normalise_statuses(field: str, statuses: object) -> frozenset[int]:
-    """Validate a set of HTTP status codes (100-599)."""
-    if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
-        raise TypeError(f"{field} must be a set of HTTP status codes, got {statuses!r}")
-    values = frozenset(statuses)
-    bad = sorted(repr(code) for code in values if isinstance(code, bool) or not isinstance(code, int))
-    if bad:
-        raise TypeError(f"{field} must contain ints (HTTP status codes), got {', '.join(bad)}")
-    out_of_range = sorted(code for code in values if not 100 <= code <= 599)
-    if out_of_range:
-        raise ValueError(f"{field} must contain HTTP status codes between 100 and 599, got {out_of_range}")
-    return values
-
-
-def normalise_methods(field: str, methods: object) -> frozenset[str]:
-    """Validate a set of HTTP method names; returns them upper-cased."""
-    if isinstance(methods, str | bytes) or not isinstance(methods, Iterable):
-        raise TypeError(f"{field} must be a set of HTTP method names such as {{'GET', 'PUT'}}, got {methods!r}")
-    values = list(methods)
-    bad = [repr(m) for m in values if not isinstance(m, str) or not m.strip() or not m.strip().isalpha()]
-    if bad:
-        raise ValueError(f"{field} must contain HTTP method names such as 'GET', got {', '.join(bad)}")
-    return frozenset(m.strip().upper() for m in values)
-
-
-# ---------------------------------------------------------------------- options
-
-
-class StatusFailure(Exception):  # noqa: N818 - it carries a response, it is not an error the caller sees
-    """A response whose status counts as a failure (5xx, 429, or one the retry predicate flags).
-
-    Used inside the policy only: it feeds the host's breaker and drives the retry loop, and
-    is turned back into the response before the transport returns. Retry and breaker events
-    name it as their error.
-    """
-
-    def __init__(self, response: httpx.Response, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-        self.retry_after = retry_after
-
-
-StatusFailure.__module__ = "resilient.httpx"  # where users meet it (re-exported there)
-
-
-class TransportOptions(TypedDict, total=False):
-    """Options of the transports and of `client()` / `async_client()`; defaults in docs/httpx.md.
-
-    Either `policy` (its timeout, retry, rate limit and bulkhead apply, its breaker is the
-    per-host template) or the shorthands `timeout`, `retry`, `breaker`, `rate_limit`,
-    `bulkhead`, which take what `Policy` takes, except `breaker`: True (default), False or
-    a `CircuitBreaker` template.
-    """
-
-    policy: Policy | None
-    name: str
-    timeout: TimeoutOption
-    retry: RetryOption
-    breaker: BreakerTemplate
-    rate_limit: RateLimitOption
-    bulkhead: BulkheadOption
-    rate_limit_scope: RateLimitScope
-    retry_statuses: Iterable[int]
-    retry_methods: Iterable[str]
-    retry_non_idempotent: bool
-    max_retry_after: float
-    max_hosts: int
-
-
-OPTION_NAMES = frozenset(TransportOptions.__annotations__)
-_SHORTHANDS = ("timeout", "retry", "breaker", "rate_limit", "bulkhead")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Options:
-    """Everything a transport decided at construction; shared by the sync and async twins."""
-
-    label: str
-    retrying: CompiledPolicy
-    once: CompiledPolicy
-    template: CircuitBreaker | None
-    per_host_limit: bool
-    retry_statuses: frozenset[int]
-    retry_methods: frozenset[str]
-    retry_non_idempotent: bool
-    retry_response: ResponsePredicate | None
-    max_retry_after: float
-    max_hosts: int
-
-
-def build_options(options: TransportOptions) -> _Options:
-    """Validate the options (errors name the field and what is allowed) and compile the policy."""
-    unknown = sorted(set(options) - OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(OPTION_NAMES))}")
-    name = check_name("name", options.get("name", DEFAULT_NAME))
-    scope = options.get("rate_limit_scope", "host")
-    if scope not in ("host", "client"):
-        raise ValueError(f"rate_limit_scope must be 'host' or 'client', got {scope!r}")
-    max_hosts = check_int("max_hosts", options.get("max_hosts", DEFAULT_MAX_HOSTS), minimum=1)
-    max_retry_after = check_seconds(
-        "max_retry_after", options.get("max_retry_after", DEFAULT_MAX_RETRY_AFTER), allow_zero=True
-    )
-    non_idempotent = options.get("retry_non_idempotent", False)
-    if not isinstance(non_idempotent, bool):
-        raise TypeError(f"retry_non_idempotent must be True or False, got {non_idempotent!r}")
-    label, timeout, retry, template, limit, bulkhead = _layers(name, options)
-    per_host = limit is not None and scope == "host"
-    if limit is not None:
-        limit = _scoped_rate_limit(limit, per_host=per_host, max_hosts=max_hosts)
-    http_retry, response_predicate = _http_retry(retry) if retry is not None else (None, None)
-    compiled = Policy(name=label, timeout=timeout, retry=http_retry, rate_limit=limit, bulkhead=bulkhead)._compiled
-    return _Options(
-        label=label,
-        retrying=compiled,
-        once=compiled.without_retry(),
-        template=template,
-        per_host_limit=per_host,
-        retry_statuses=normalise_statuses("retry_statuses", options.get("retry_statuses", RETRY_STATUSES)),
-        retry_methods=normalise_methods("retry_methods", options.get("retry_methods", IDEMPOTENT_METHODS)),
-        retry_non_idempotent=non_idempotent,
-        retry_response=response_predicate,
-        max_retry_after=max_retry_after,
-        max_hosts=max_hosts,
-    )
-
-
-def _layers(
-    name: str, options: TransportOptions
-) -> tuple[str, Any, Retry | None, CircuitBreaker | None, RateLimit | None, Any]:
-    """(label, timeout, retry, breaker template, rate limit, bulkhead) from a policy or the shorthands."""
-    policy = options.get("policy")
-    if policy is None:
-        return (
-            name,
-            _as_timeout(options.get("timeout")),
-            _as_retry(options.get("retry", True)),
-            _as_template(options.get("breaker", True), name),
-            _as_rate_limit(options.get("rate_limit")),
-            _as_bulkhead(options.get("bulkhead")),
-        )
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a resilient.Policy or None, got {policy!r}")
-    given = [key for key in _SHORTHANDS if key in options]
-    if given:
-        raise ValueError(f"pass either policy= or the shorthands, not both (got policy= and {', '.join(given)}=)")
-    if policy.fallback is not None:
-        raise ValueError(
-            "policy.fallback is not supported by the httpx transport (a transport returns a response or "
-            "raises); catch the error around the client call instead"
-        )
-    label = policy.name or name
-    return label, policy.timeout, policy.retry, _as_template(policy.breaker, label), policy.rate_limit, policy.bulkhead
-
-
-def _as_template(value: object, name: str) -> CircuitBreaker | None:
-    """The breaker every host's own breaker is copied from (named ``{template}:{origin}``)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return CircuitBreaker(name=name)
-    if not isinstance(value, CircuitBreaker):
-        raise TypeError(f"breaker must be True, False, None or a CircuitBreaker template, got {value!r}")
-    if value.pybreaker is not None:
-        raise ValueError(
-            "breaker must not wrap a pybreaker.CircuitBreaker: each host gets its own breaker copied from "
-            f"the template, and one pybreaker object cannot be shared (got {value!r})"
-        )
-    _check_template_is_unique(value)
-    return value
-
-
-def _check_template_is_unique(template: CircuitBreaker) -> None:
-    """Two transports using one breaker name with different settings would fight over each host."""
-    prefix = f"{template.name}:"
-    for breaker_name, runtime in list(_REGISTRY.items()):
-        if breaker_name.startswith(prefix) and dataclasses.replace(runtime.config, name=template.name) != template:
-            raise ValueError(
-                f"breaker.name {template.name!r} is already used by another transport with different settings "
-                f"({runtime.config!r}); give this template another name"
-            )
-
-
-def _scoped_rate_limit(limit: RateLimit, *, per_host: bool, max_hosts: int) -> RateLimit:
-    if not per_host:
-        return dataclasses.replace(limit, key=None)
-    return dataclasses.replace(limit, key=_origin_of_exchange, max_keys=max(max_hosts, 1))
-
-
-def _origin_of_exchange(exchange: Exchange) -> str:
-    return exchange.host.origin
-
-
-def _http_retry(retry: Retry) -> tuple[Retry, ResponsePredicate | None]:
-    """The retry the drivers run: the user's settings, HTTP's idea of what is transient.
-
-    `on` (types or a predicate) keeps deciding which transport errors are retried; a
-    `StatusFailure` is always retried (the transport raises it only for retryable
-    responses). `on_result` becomes a predicate on responses, evaluated in the attempt
-    so the happy path allocates no retry state. `Retry-After` feeds the backoff.
-    """
-    user_on = retry.on
-    if isinstance(user_on, tenacity.retry_base):
-        raise TypeError(
-            "retry.on for the httpx transport must be exception types or a predicate (exc) -> bool, "
-            f"not a tenacity strategy, got {user_on!r}"
-        )
-    return (
-        dataclasses.replace(
-            retry, on=_retry_filter(user_on), on_result=None, retry_after=_retry_after_hint(retry.retry_after)
-        ),
-        retry.on_result,
-    )
-
-
-def _retry_filter(user_on: Any) -> Callable[[BaseException], bool]:
-    if user_on is None:
-        errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
-    elif isinstance(user_on, type | tuple):
-        errors = user_on if isinstance(user_on, tuple) else (user_on,)
-    else:
-        predicate: Callable[[BaseException], bool] = user_on
-        return lambda error: isinstance(error, StatusFailure) or bool(predicate(error))
-    retried = cast("tuple[type[BaseException], ...]", (StatusFailure, *errors))
-    return lambda error: isinstance(error, retried)
-
-
-def _retry_after_hint(
-    user_hint: Callable[[BaseException | None, Any], float | None] | None,
-) -> Callable[[BaseException | None, Any], float | None]:
-    def hint(error: BaseException | None, result: Any) -> float | None:
-        ours = error.retry_after if isinstance(error, StatusFailure) else None
-        theirs = user_hint(error, result) if user_hint is not None else None
-        if ours is None or theirs is None:
-            return ours if theirs is None else theirs
-        return max(ours, theirs)
-
-    return hint
-
-
-# ---------------------------------------------------------------------- per-host state
-
-
-class _Host:
-    """One origin (scheme, host, port): its rate-limit key and its own breaker."""
-
-    __slots__ = ("breaker", "origin")
-
-    def __init__(self, origin: str, breaker: BreakerRuntime | None) -> None:
-        self.origin = origin
-        self.breaker = breaker
-
-
-#: The host of a transport that keeps no per-host state (no breaker, one rate limit for all).
-_NO_HOST = _Host("", None)
-
-
-class _Hosts:
-    """Hosts seen recently, least recently used evicted beyond `max_hosts` (with their breakers)."""
-
-    def __init__(self, template: CircuitBreaker | None, max_hosts: int) -> None:
-        self._template = template
-        self._max = max_hosts
-        self._hosts: OrderedDict[tuple[str, str, int | None], _Host] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._hosts)
-
-    def get(self, url: httpx.URL) -> _Host:
-        # httpx's parsed URL, read directly: its `scheme`/`host`/`port` properties are three
-        # Python calls per request. Its host is the IDNA-encoded one, so the key is as unique.
-        parsed = url._uri_reference
-        key = (parsed.scheme, parsed.host, parsed.port)
-        host = self._hosts.get(key)
-        if host is None:
-            return self._add(key, _origin(url.scheme, url.host, url.port))
-        try:  # noqa: SIM105 - contextlib.suppress costs a context manager on every request
-            self._hosts.move_to_end(key)
-        except KeyError:  # evicted by another thread in between: this request keeps its object
-            pass
-        return host
-
-    def _add(self, key: tuple[str, str, int | None], origin: str) -> _Host:
-        with self._lock:
-            host = self._hosts.get(key)
-            if host is not None:
-                return host
-            breaker = None
-            if self._template is not None:
-                breaker = breaker_for(dataclasses.replace(self._template, name=f"{self._template.name}:{origin}"))
-            host = _Host(origin, breaker)
-            self._hosts[key] = host
-            evicted = self._hosts.popitem(last=False)[1] if len(self._hosts) > self._max else None
-        if evicted is not None and evicted.breaker is not None:
-            forget_breaker(evicted.breaker)
-        return host
-
-    def breakers(self) -> dict[str, BreakerRuntime]:
-        return {host.origin: host.breaker for host in list(self._hosts.values()) if host.breaker is not None}
-
-
-def _origin(scheme: str, host: str, port: int | None) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port or DEFAULT_PORTS.get(scheme, 0)}"
-
-
-# ---------------------------------------------------------------------- one logical request
+#: Read on every request to decide whether telemetry is needed at all.
+_OTEL = HUB.otel
 
 
 class Exchange:
@@ -498,7 +70,7 @@ class Exchange:
         "token",
     )
 
-    def __init__(self, request: httpx.Request, compiled: CompiledPolicy, host: _Host) -> None:
+    def __init__(self, request: httpx.Request, compiled: CompiledPolicy, host: Host) -> None:
         self.request = request
         self.compiled = compiled
         self.host = host
@@ -516,10 +88,10 @@ class Exchange:
 class Engine:
     """Every decision of a transport, sync or async: the twins add only the I/O."""
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: Options) -> None:
         self.options = options
         self.label = options.label
-        self.hosts = _Hosts(options.template, options.max_hosts)
+        self.hosts = Hosts(options.template, options.max_hosts)
         self._needs_host = options.template is not None or options.per_host_limit
         self._statuses = options.retry_statuses
         self._retry_response = options.retry_response
@@ -532,7 +104,7 @@ class Engine:
 
     def begin(self, request: httpx.Request) -> Exchange:
         """Choose the policy, find the host, start the span and add the propagation headers."""
-        host = self.hosts.get(request.url) if self._needs_host else _NO_HOST
+        host = self.hosts.get(request.url) if self._needs_host else NO_HOST
         retrying = self._retrying
         may_retry = retrying is not None and self._may_repeat(request)
         exchange = Exchange(request, retrying if may_retry else self._once, host)  # type: ignore[arg-type]
@@ -560,7 +132,7 @@ class Engine:
             or options.retry_non_idempotent
             or IDEMPOTENCY_KEY in request.headers
         )
-        return idempotent and isinstance(request.stream, _REPLAYABLE_STREAMS)
+        return idempotent and isinstance(request.stream, REPLAYABLE_STREAMS)
 
     def _start_span(self, exchange: Exchange, tracer: trace.Tracer) -> otel_context.Context:
         """Start the CLIENT span with every attribute known now (one SDK call) and make it current."""

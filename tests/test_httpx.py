@@ -593,7 +593,7 @@ def test_wrong_inner_transport_kind_is_rejected() -> None:
 
 def test_retry_after_parsing() -> None:
     """Retry-After: delta-seconds, HTTP-dates (rounded up to the ms), junk ignored."""
-    from resilient._http import parse_retry_after  # noqa: PLC0415 - private helper under test
+    from resilient._http_rules import parse_retry_after  # noqa: PLC0415 - private helper under test
 
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 2.5, usegmt=True)  # HTTP-dates have whole seconds

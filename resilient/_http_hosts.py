@@ -1,0 +1,78 @@
+"""Per-host state of an httpx transport: each origin's breaker and rate-limit key, LRU-bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+
+import httpx
+
+from resilient._breaker import BreakerRuntime, CircuitBreaker, breaker_for, forget_breaker
+from resilient._http_rules import DEFAULT_PORTS
+
+__all__ = ["NO_HOST", "Host", "Hosts"]
+
+
+class Host:
+    """One origin (scheme, host, port): its rate-limit key and its own breaker."""
+
+    __slots__ = ("breaker", "origin")
+
+    def __init__(self, origin: str, breaker: BreakerRuntime | None) -> None:
+        self.origin = origin
+        self.breaker = breaker
+
+
+#: The host of a transport that keeps no per-host state (no breaker, one rate limit for all).
+NO_HOST = Host("", None)
+
+
+class Hosts:
+    """Hosts seen recently, least recently used evicted beyond `max_hosts` (with their breakers)."""
+
+    def __init__(self, template: CircuitBreaker | None, max_hosts: int) -> None:
+        self._template = template
+        self._max = max_hosts
+        self._hosts: OrderedDict[tuple[str, str, int | None], Host] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def get(self, url: httpx.URL) -> Host:
+        # httpx's parsed URL, read directly: its `scheme`/`host`/`port` properties are three
+        # Python calls per request. Its host is the IDNA-encoded one, so the key is as unique.
+        parsed = url._uri_reference
+        key = (parsed.scheme, parsed.host, parsed.port)
+        host = self._hosts.get(key)
+        if host is None:
+            return self._add(key, _origin(url.scheme, url.host, url.port))
+        try:  # noqa: SIM105 - contextlib.suppress costs a context manager on every request
+            self._hosts.move_to_end(key)
+        except KeyError:  # evicted by another thread in between: this request keeps its object
+            pass
+        return host
+
+    def _add(self, key: tuple[str, str, int | None], origin: str) -> Host:
+        with self._lock:
+            host = self._hosts.get(key)
+            if host is not None:
+                return host
+            breaker = None
+            if self._template is not None:
+                breaker = breaker_for(dataclasses.replace(self._template, name=f"{self._template.name}:{origin}"))
+            host = Host(origin, breaker)
+            self._hosts[key] = host
+            evicted = self._hosts.popitem(last=False)[1] if len(self._hosts) > self._max else None
+        if evicted is not None and evicted.breaker is not None:
+            forget_breaker(evicted.breaker)
+        return host
+
+    def breakers(self) -> dict[str, BreakerRuntime]:
+        return {host.origin: host.breaker for host in list(self._hosts.values()) if host.breaker is not None}
+
+
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port or DEFAULT_PORTS.get(scheme, 0)}"
