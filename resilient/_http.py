@@ -82,7 +82,8 @@ class Exchange:
         self.span: trace.Span | None = None
         self.token: object | None = None
         self.obs: CallObservation | None = None
-        self.started = time.monotonic()
+        # The drivers' clock, read once: handed to them as the call's start, and the log's duration.
+        self.started = CLOCK.monotonic()
 
 
 class Engine:
@@ -264,7 +265,7 @@ class Engine:
             method=request.method,
             url=_redacted(request.url),
             status=status,
-            duration=round(time.monotonic() - exchange.started, 6),
+            duration=round(CLOCK.monotonic() - exchange.started, 6),
             attempts=exchange.attempts,
         )
 

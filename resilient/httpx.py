@@ -94,7 +94,7 @@ class ResilientTransport(httpx.BaseTransport):
         exchange = engine.begin(request)
         try:
             response: httpx.Response = exchange.compiled.sync_entry(
-                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs
+                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs, exchange.started
             )
         except StatusFailure as last:
             response = last.response
@@ -151,7 +151,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         exchange = engine.begin(request)
         try:
             response: httpx.Response = await exchange.compiled.async_entry(
-                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs
+                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs, exchange.started
             )
         except StatusFailure as last:
             response = last.response
