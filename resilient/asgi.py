@@ -59,7 +59,7 @@ from resilient._edge_telemetry import (
     start_server_span,
     unbind_request_id,
 )
-from resilient._timeout import watchdog_for
+from resilient._timeout import DeadlineWatchdog, watchdog_for
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
@@ -158,8 +158,13 @@ class _Timer:
         self._cancelling = task.cancelling()
         self._settled = False
         loop = task.get_loop()
-        self._watchdog = watchdog = watchdog_for(loop)
-        self._watch = watchdog.arm(task, loop.time() + (instant - now))
+        remembered = _last_loop
+        if remembered is None or remembered[0] is not loop:
+            remembered = _remember_loop(loop)
+        _, watchdog, monotonic_clock = remembered
+        self._watchdog = watchdog
+        # `instant` is on `time.monotonic`, which is the clock of asyncio's own loops.
+        self._watch = watchdog.arm(task, instant if monotonic_clock else loop.time() + (instant - now))
         self._armed = True
         self._token = deadline._DEADLINE.set(instant)
 
@@ -189,6 +194,20 @@ class _Timer:
         if self._watch.fired:
             self.settle()
         deadline._DEADLINE.reset(self._token)
+
+
+# The loop the last deadline was armed on, its watchdog, and whether its clock is
+# `time.monotonic` (asyncio's own loops; uvloop keeps its own): one tuple read per request
+# instead of two calls.
+_LoopFacts = tuple[asyncio.AbstractEventLoop, DeadlineWatchdog, bool]
+_last_loop: _LoopFacts | None = None
+
+
+def _remember_loop(loop: asyncio.AbstractEventLoop) -> _LoopFacts:
+    """Look up `loop`'s watchdog and clock, and remember them for the next request."""
+    global _last_loop  # noqa: PLW0603 - a one-entry cache, replaced whole
+    _last_loop = (loop, watchdog_for(loop), type(loop).time is asyncio.BaseEventLoop.time)
+    return _last_loop
 
 
 class _NoTimer:
