@@ -460,6 +460,39 @@ async def test_timeout_answers_504_and_is_visible_inside(access: list[instrument
     assert access[-1].level == 30
 
 
+class _OffsetClockLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock is not `time.monotonic` (as uvloop's is not)."""
+
+    def time(self) -> float:
+        return super().time() + 1000.0
+
+
+def test_deadlines_follow_a_loop_clock_of_its_own() -> None:
+    """The deadline is armed on the loop's own clock: a fast request is not cut, a slow one is."""
+
+    async def one_turn(_request: Request) -> PlainTextResponse:
+        turned = asyncio.Event()
+        asyncio.get_running_loop().call_soon(turned.set)
+        await turned.wait()  # the loop runs once: a deadline armed in the past would fire here
+        return PlainTextResponse("done")
+
+    async def hang(_request: Request) -> PlainTextResponse:
+        await asyncio.Event().wait()
+        return PlainTextResponse("never")
+
+    app = Starlette(
+        routes=[Route("/", one_turn), Route("/hang", hang)],
+        middleware=[Middleware(ResilientMiddleware, timeout=5.0, routes={"/hang": RouteOptions(timeout=0.05)})],
+    )
+
+    async def requests() -> tuple[int, int]:
+        async with client_for(app) as client:
+            return (await client.get("/")).status_code, (await client.get("/hang")).status_code
+
+    with asyncio.Runner(loop_factory=_OffsetClockLoop) as runner:
+        assert runner.run(requests()) == (200, 504)
+
+
 async def test_caller_deadline_header_shortens_but_never_extends() -> None:
     """x-resilient-deadline-ms lowers the local timeout and is capped by it."""
     async with client_for(fastapi_app(timeout=5.0)) as client:
