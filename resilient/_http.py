@@ -106,9 +106,10 @@ class Engine:
     def begin(self, request: httpx.Request) -> Exchange:
         """Choose the policy, find the host, start the span and add the propagation headers."""
         host = self.hosts.get(request.url) if self._needs_host else NO_HOST
-        retrying = self._retrying
-        may_retry = retrying is not None and self._may_repeat(request)
-        exchange = Exchange(request, retrying if may_retry else self._once, host)  # type: ignore[arg-type]
+        compiled = self._once
+        if self._retrying is not None and self._may_repeat(request):
+            compiled = self._retrying
+        exchange = Exchange(request, compiled, host)
         if (  # the drivers' "anyone listening?" test, inlined: the idle flag and two identity tests
             _OTEL.idle
             and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
