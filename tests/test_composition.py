@@ -97,6 +97,7 @@ def test_the_total_timeout_starts_after_a_rate_limit_wait(mode: str) -> None:
 
     policy = Policy(timeout=2.0, rate_limit=RateLimit("1/second", max_wait=5.0))
     call = protect_awaitable(policy, body, mode)
+
     async def twice() -> float:
         await call()
         started = clock.now
