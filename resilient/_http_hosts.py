@@ -43,7 +43,8 @@ class Hosts:
     def get(self, url: httpx.URL) -> Host:
         # httpx's parsed URL, read directly: its `scheme`/`host`/`port` properties are three
         # Python calls per request. Its host is the IDNA-encoded one, so the key is as unique.
-        parsed = url._uri_reference
+        # It is private: should an httpx release drop it, the public properties serve.
+        parsed = getattr(url, "_uri_reference", url)
         key = (parsed.scheme, parsed.host, parsed.port)
         host = self._hosts.get(key)
         if host is None:

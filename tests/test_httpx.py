@@ -25,6 +25,7 @@ import resilient.httpx as rh
 from resilient import CircuitBreaker, CircuitOpenError, Fallback, Policy, RateLimitedError, Retry, deadline, testing
 from resilient._breaker import _REGISTRY
 from resilient._context import REQUEST_ID
+from resilient._http_hosts import Hosts
 from resilient.instrumentation import Event
 from resilient.testing import Fault, FaultyUpstream
 
@@ -295,6 +296,22 @@ def test_breaker_counts_transport_errors(drivers: Callable[..., Driver]) -> None
             client.request("GET", url)
     with pytest.raises(CircuitOpenError):
         client.request("GET", url)
+
+
+def test_hosts_are_told_apart_without_httpx_private_parsed_url() -> None:
+    """Per-host state keys on httpx's parsed URL when it has one, else on the public parts."""
+
+    class PublicOnly:  # an httpx.URL as a release without `_uri_reference` would have it
+        def __init__(self, url: str) -> None:
+            parsed = httpx.URL(url)
+            self.scheme, self.host, self.port = parsed.scheme, parsed.host, parsed.port
+
+    hosts = Hosts(CircuitBreaker(name="fallback-keys"), max_hosts=10)
+    a = hosts.get(PublicOnly("https://a.test/x"))  # type: ignore[arg-type]
+    assert hosts.get(PublicOnly("https://a.test/y")) is a  # type: ignore[arg-type]
+    assert hosts.get(PublicOnly("https://b.test/")) is not a  # type: ignore[arg-type]
+    assert a.origin == "https://a.test:443"
+    assert len(hosts) == 2
 
 
 def test_breakers_are_bounded_by_max_hosts() -> None:
