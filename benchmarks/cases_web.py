@@ -47,9 +47,13 @@ async def send(_message: dict[str, Any]) -> None:
     return None
 
 
-async def drive(app: Callable[..., Any]) -> None:
+# A request from a traced caller: what a service inside a traced system mostly receives.
+TRACEPARENT = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+
+
+async def drive(app: Callable[..., Any], headers: tuple[tuple[bytes, bytes], ...] = HEADERS) -> None:
     """One request through the app; scope and headers are copied as a server would build them."""
-    await app({**SCOPE, "headers": list(HEADERS)}, receive, send)
+    await app({**SCOPE, "headers": list(headers)}, receive, send)
 
 
 def starlette_app(middleware: list[MiddlewareSpec]) -> Any:
@@ -99,9 +103,11 @@ RESILIENT_ASGI_OPTIONS: dict[str, Any] = {
 }
 
 
-def asgi_setup(middleware: list[MiddlewareSpec]) -> Callable[[ExitStack], SyncBench]:
+def asgi_setup(
+    middleware: list[MiddlewareSpec], headers: tuple[tuple[bytes, bytes], ...] = HEADERS
+) -> Callable[[ExitStack], SyncBench]:
     def setup(stack: ExitStack) -> SyncBench:
-        return functools.partial(drive, starlette_app(middleware))
+        return functools.partial(drive, starlette_app(middleware), headers)
 
     return setup
 
@@ -145,7 +151,37 @@ def asgi_cases() -> list[Case]:
             )
             for name, tag, middleware, peers in variants
         ]
+        if phase == "sdk":
+            cases += traced_caller_cases(section)
     return cases
+
+
+ASGI_COMBO_TRACED = f"{ASGI_COMBO}, traced caller"
+
+
+def traced_caller_cases(section: str) -> list[Case]:
+    """The request carries a `traceparent`: each side's propagator has a parent to extract."""
+    traced = (*HEADERS, TRACEPARENT)
+    resilient_all_on: list[MiddlewareSpec] = [(resilient_middleware, RESILIENT_ASGI_OPTIONS)]
+    combo: list[MiddlewareSpec] = [(correlation_id_middleware, {}), (slowapi_middleware, {}), (otel_middleware, {})]
+    return [
+        Case(
+            section=section,
+            name="+ ResilientMiddleware (all on), traced caller",
+            peers=(ASGI_COMBO_TRACED,),
+            is_async=True,
+            phase="sdk",
+            setup=asgi_setup(resilient_all_on, traced),
+        ),
+        Case(
+            section=section,
+            name=ASGI_COMBO_TRACED,
+            tag="combo traced",
+            is_async=True,
+            phase="sdk",
+            setup=asgi_setup(combo, traced),
+        ),
+    ]
 
 
 # 10. httpx --------------------------------------------------------------------------------
