@@ -10,8 +10,10 @@ HTTP facts in `_http_rules`.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,6 +21,7 @@ import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -98,8 +101,16 @@ class Engine:
         self._retry_response = options.retry_response
         self._retrying = options.retrying if options.retrying.retry is not None else None
         self._once = options.once
-        #: Statuses below 500 that are not plain successes (retried, or counted by the breaker).
-        self._watched = options.retry_statuses | {429}
+        self._idempotent = options.retry_methods
+        #: Statuses handed over as they are, decided in one test: below 500, neither retried nor
+        #: counted by the breaker (429), and none at all when a predicate judges every response.
+        self._passed = (
+            frozenset(range(100, 500)) - options.retry_statuses - {429}
+            if options.retry_response is None
+            else frozenset()
+        )
+        #: Only a breaker that counts slow calls needs each attempt's start.
+        self.times_attempts = options.template is not None and options.template.slow_call_duration is not None
 
     # -- before
 
@@ -107,7 +118,11 @@ class Engine:
         """Choose the policy, find the host, start the span and add the propagation headers."""
         host = self.hosts.get(request.url) if self._needs_host else NO_HOST
         compiled = self._once
-        if self._retrying is not None and self._may_repeat(request):
+        if (  # an idempotent method, tested here: one call fewer for most requests
+            self._retrying is not None
+            and (request.method in self._idempotent or self._made_idempotent(request))
+            and isinstance(request.stream, REPLAYABLE_STREAMS)
+        ):
             compiled = self._retrying
         exchange = Exchange(request, compiled, host)
         if (  # the drivers' "anyone listening?" test, inlined: the idle flag and two identity tests
@@ -115,7 +130,10 @@ class Engine:
             and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
             and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
         ):
-            _propagate(request.headers, otel_context.get_current())  # no SDK: no span, no meter
+            # No SDK: no span, no meter; an empty context and no request id need no call at all.
+            context = _current_context()
+            if context or REQUEST_ID.get() is not None:
+                _propagate(request.headers, context)
         else:
             self._observe(exchange, _OTEL.tracer(), _OTEL.metrics())
         return exchange
@@ -126,15 +144,9 @@ class Engine:
         if metrics is not None:
             exchange.obs = CallObservation(self.label, None, metrics)
 
-    def _may_repeat(self, request: httpx.Request) -> bool:
-        """Is sending the request twice safe (idempotent, or made so) and possible (replayable body)?"""
-        options = self.options
-        idempotent = (
-            request.method in options.retry_methods
-            or options.retry_non_idempotent
-            or IDEMPOTENCY_KEY in request.headers
-        )
-        return idempotent and isinstance(request.stream, REPLAYABLE_STREAMS)
+    def _made_idempotent(self, request: httpx.Request) -> bool:
+        """May a request with a method outside `retry_methods` be sent twice? (Its body must replay too.)"""
+        return self.options.retry_non_idempotent or IDEMPOTENCY_KEY in request.headers
 
     def _start_span(self, exchange: Exchange, tracer: trace.Tracer) -> otel_context.Context:
         """Start the CLIENT span with every attribute known now (one SDK call) and make it current."""
@@ -171,9 +183,8 @@ class Engine:
 
     def judge(self, exchange: Exchange, response: httpx.Response, probe: bool, started: float) -> StatusFailure | None:
         """Record the response with the breaker; a `StatusFailure` to raise when it should be retried."""
-        status = response.status_code
-        if status < 500 and status not in self._watched and self._retry_response is None:
-            # The common case, decided in one test: a success, and a clean breaker needs no news.
+        if response.status_code in self._passed:
+            # The common case: a success, and a clean breaker needs no news.
             breaker = exchange.host.breaker
             if breaker is not None and (probe or breaker.reports_success):
                 self._breaker_success(breaker, probe, started)
@@ -320,6 +331,22 @@ def _fit_into_deadline(exchange: Exchange, remaining: float, label: str) -> None
         request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), remaining)
     if add_header:
         request.headers[HEADER] = format_header(remaining)
+
+
+def _context_getter() -> Callable[[], otel_context.Context]:
+    """`otel_context.get_current`, or the ContextVar it reads: one C call instead of two Python calls.
+
+    The runtime context is private: any other runtime (``OTEL_PYTHON_CONTEXT``), or an API
+    release without it, goes through the public function.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, contextvars.ContextVar):
+        return variable.get
+    return otel_context.get_current
+
+
+_current_context = _context_getter()
 
 
 def _propagate(headers: httpx.Headers, context: otel_context.Context) -> None:

@@ -110,7 +110,7 @@ class ResilientTransport(httpx.BaseTransport):
             _close_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
-        started = time.monotonic()
+        started = time.monotonic() if engine.times_attempts else 0.0
         try:
             response = self._inner.handle_request(exchange.request)
         except BaseException as error:
@@ -167,7 +167,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await _aclose_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
-        started = time.monotonic()
+        started = time.monotonic() if engine.times_attempts else 0.0
         try:
             response = await self._inner.handle_async_request(exchange.request)
         except BaseException as error:

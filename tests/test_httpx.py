@@ -25,6 +25,7 @@ import resilient.httpx as rh
 from resilient import CircuitBreaker, CircuitOpenError, Fallback, Policy, RateLimitedError, Retry, deadline, testing
 from resilient._breaker import _REGISTRY
 from resilient._context import REQUEST_ID
+from resilient._http import _context_getter
 from resilient._http_hosts import Hosts
 from resilient.instrumentation import Event
 from resilient.testing import Fault, FaultyUpstream
@@ -344,6 +345,39 @@ def test_deadline_trace_context_and_request_id_are_forwarded(drivers: Callable[.
     assert 0 < int(headers[deadline.HEADER]) <= 5000
     assert headers["traceparent"] == f"00-{0x1234:032x}-{0x5678:016x}-01"
     assert headers["x-request-id"] == "req-42"
+
+
+def test_trace_context_and_request_id_each_travel_alone(drivers: Callable[..., Driver]) -> None:
+    """Without an SDK, propagation is skipped only when there is neither a context nor a request id."""
+    parent = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=TraceFlags(1))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        with FaultyUpstream() as up:
+            drivers(breaker=False).request("GET", up.url)
+    finally:
+        otel_context.detach(token)
+    request_id = REQUEST_ID.set("req-7")
+    try:
+        with FaultyUpstream() as up_id:
+            drivers(breaker=False).request("GET", up_id.url)
+    finally:
+        REQUEST_ID.reset(request_id)
+    with FaultyUpstream() as up_none:
+        drivers(breaker=False).request("GET", up_none.url)
+    assert "traceparent" in up.received[0].headers
+    assert "x-request-id" not in up.received[0].headers
+    assert up_id.received[0].headers["x-request-id"] == "req-7"
+    assert "traceparent" not in up_id.received[0].headers
+    assert not {"traceparent", "x-request-id"} & set(up_none.received[0].headers)
+
+
+def test_current_context_is_read_through_the_public_api_for_another_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runtime's ContextVar is read directly only for the default contextvars runtime."""
+    assert _context_getter() is not otel_context.get_current  # the default runtime
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", object())
+    assert _context_getter() is otel_context.get_current
 
 
 def test_headers_set_by_the_caller_are_never_replaced(drivers: Callable[..., Driver]) -> None:

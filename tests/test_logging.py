@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import resilient.logging
 from resilient._context import REQUEST_ID
+from resilient.instrumentation._hub import HUB
+from resilient.instrumentation._log import LOGGER_NAME, _PublicConfig
 from resilient.logging import add_request_id, add_trace_context, configure
 
 if TYPE_CHECKING:
@@ -276,3 +278,50 @@ def test_add_request_id_keeps_an_existing_value() -> None:
 def test_add_request_id_adds_nothing_when_unset() -> None:
     """Outside a request the event gets no request_id."""
     assert add_request_id(None, "info", {}) == {}
+
+
+def test_event_level_check_follows_every_stdlib_change() -> None:
+    """The check answers from the stdlib's cached verdicts: each way levels change still counts."""
+    check = HUB.logger.is_enabled_for
+    ours, root = logging.getLogger(LOGGER_NAME), logging.getLogger()
+    saved = ours.level, ours.disabled, root.level
+    try:
+        ours.setLevel(logging.WARNING)
+        assert (check(logging.DEBUG), check(logging.DEBUG), check(logging.WARNING)) == (False, False, True)
+        ours.setLevel(logging.DEBUG)
+        assert check(logging.DEBUG)
+        logging.disable(logging.INFO)
+        assert not check(logging.DEBUG)
+        logging.disable(logging.NOTSET)
+        ours.setLevel(logging.NOTSET)  # inherited: a change of the root's level counts too
+        root.setLevel(logging.ERROR)
+        assert not check(logging.WARNING)
+        root.setLevel(logging.DEBUG)
+        assert check(logging.WARNING)
+        ours.disabled = True  # what dictConfig does to loggers it was not told about
+        assert not check(logging.WARNING)
+    finally:
+        logging.disable(logging.NOTSET)
+        ours.setLevel(saved[0])
+        ours.disabled = saved[1]
+        root.setLevel(saved[2])
+
+
+def test_event_level_check_follows_structlog_being_configured() -> None:
+    """Once the app configures structlog, its level decides; after a reset, the stdlib's again."""
+    check = HUB.logger.is_enabled_for
+    logging.getLogger(LOGGER_NAME).setLevel(logging.NOTSET)
+    logging.getLogger().setLevel(logging.DEBUG)
+    assert check(logging.INFO)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    assert not check(logging.INFO)
+    structlog.reset_defaults()
+    assert check(logging.INFO)
+
+
+def test_structlog_flag_has_a_public_fallback() -> None:
+    """Should structlog drop its private configuration object, its public function answers."""
+    fallback = _PublicConfig()
+    assert fallback.is_configured is False
+    structlog.configure()
+    assert fallback.is_configured is True

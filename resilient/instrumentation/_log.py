@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 
 __all__ = ["LOGGER_NAME", "EventLogger"]
 
+
+class _PublicConfig:
+    """structlog's public answer, should a release drop the private `_CONFIG` object."""
+
+    @property
+    def is_configured(self) -> bool:
+        return structlog.is_configured()
+
+
+# `structlog.is_configured()` reads this flag: read directly, it is one Python call fewer per event.
+_STRUCTLOG: Any = getattr(structlog._config, "_CONFIG", None)
+if not hasattr(_STRUCTLOG, "is_configured"):
+    _STRUCTLOG = _PublicConfig()
+
 LOGGER_NAME = "resilient"
 
 # Fields the library itself fills with numbers, names of its own objects or enumerated
@@ -77,8 +91,21 @@ class EventLogger:
         """Cheap check before an event is built: the app's structlog level, or the stdlib one."""
         if not self.enabled:
             return False
-        if not structlog.is_configured():
-            return self.stdlib.isEnabledFor(level)
+        if _STRUCTLOG.is_configured:
+            return self._app_enabled_for(level)
+        # `Logger.isEnabledFor`, answered from the verdicts it caches (one call fewer per event):
+        # the stdlib clears them whenever a level changes (`setLevel`, `logging.disable`), and
+        # `disabled` (set by `dictConfig`) comes first, as in `isEnabledFor`. Without that private
+        # cache, or before the verdict is cached, the public method answers.
+        stdlib = self.stdlib
+        if not stdlib.disabled:
+            try:
+                return stdlib._cache[level]  # type: ignore[attr-defined,no-any-return]
+            except (AttributeError, KeyError):
+                pass
+        return stdlib.isEnabledFor(level)
+
+    def _app_enabled_for(self, level: int) -> bool:
         # `bind()` returns the logger cached on first use as is; then, filtering bound loggers
         # answer `is_enabled_for`, stdlib ones `isEnabledFor`, and anything else gets every
         # event and filters it itself.
@@ -97,7 +124,7 @@ class EventLogger:
         `fields` must be redacted already and is the caller's to give away: it becomes the
         event dict (no copy).
         """
-        if structlog.is_configured():
+        if _STRUCTLOG.is_configured:
             # `bind()` rather than an attribute of the lazy proxy: its `__getattr__` binds
             # too, through one more Python call, and a logger cached on first use is then
             # returned as is.
