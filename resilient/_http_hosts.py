@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import httpx
 
@@ -36,6 +37,10 @@ class Hosts:
         self._max = max_hosts
         self._hosts: OrderedDict[tuple[str, str, int | None], Host] = OrderedDict()
         self._lock = threading.Lock()
+        #: (key, host) of the most recently used host, always the last in `_hosts`: a client
+        #: mostly calls one host, and a request's key strings are new objects, so finding the
+        #: host again in the dict would hash them (twice, with `move_to_end`).
+        self._newest: tuple[tuple[Any, ...], Host] = ((), NO_HOST)  # () equals no key
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -44,15 +49,23 @@ class Hosts:
         # httpx's parsed URL, read directly: its `scheme`/`host`/`port` properties are three
         # Python calls per request. Its host is the IDNA-encoded one, so the key is as unique.
         # It is private: should an httpx release drop it, the public properties serve.
-        parsed = getattr(url, "_uri_reference", url)
+        parsed: Any
+        try:
+            parsed = url._uri_reference
+        except AttributeError:
+            parsed = url
         key = (parsed.scheme, parsed.host, parsed.port)
+        newest = self._newest
+        if newest[0] == key:
+            return newest[1]
         host = self._hosts.get(key)
         if host is None:
             return self._add(key, _origin(url.scheme, url.host, url.port))
-        try:  # noqa: SIM105 - contextlib.suppress costs a context manager on every request
+        try:
             self._hosts.move_to_end(key)
         except KeyError:  # evicted by another thread in between: this request keeps its object
-            pass
+            return host
+        self._newest = (key, host)
         return host
 
     def _add(self, key: tuple[str, str, int | None], origin: str) -> Host:
@@ -65,6 +78,7 @@ class Hosts:
                 breaker = breaker_for(dataclasses.replace(self._template, name=f"{self._template.name}:{origin}"))
             host = Host(origin, breaker)
             self._hosts[key] = host
+            self._newest = (key, host)
             evicted = self._hosts.popitem(last=False)[1] if len(self._hosts) > self._max else None
         if evicted is not None and evicted.breaker is not None:
             forget_breaker(evicted.breaker)

@@ -315,6 +315,21 @@ def test_hosts_are_told_apart_without_httpx_private_parsed_url() -> None:
     assert len(hosts) == 2
 
 
+def test_hosts_keep_least_recently_used_order_when_one_host_repeats() -> None:
+    """The most recent host is found without the dict; the order it is evicted in stays the same."""
+    hosts = Hosts(None, max_hosts=2)
+    a = hosts.get(httpx.URL("http://a.test/"))
+    for url in ("http://b.test/", "http://b.test/1", "http://a.test/2", "http://a.test/3"):
+        hosts.get(httpx.URL(url))
+    assert hosts.get(httpx.URL("http://a.test/4")) is a
+    c = hosts.get(httpx.URL("http://c.test/"))  # evicts b, used before a
+    assert hosts.get(httpx.URL("http://a.test/5")) is a
+    hosts.get(httpx.URL("http://b.test/"))  # a new b evicts c, used before a
+    assert hosts.get(httpx.URL("http://a.test/")) is a
+    assert hosts.get(httpx.URL("http://c.test/")) is not c
+    assert len(hosts) == 2
+
+
 def test_breakers_are_bounded_by_max_hosts() -> None:
     """Beyond `max_hosts`, the least recently used host's breaker is dropped (registry included)."""
     transport = rh.ResilientTransport(
