@@ -55,6 +55,10 @@ REQUEST_ID_HEADER = "x-request-id"
 
 #: Read on every request to decide whether telemetry is needed at all.
 _OTEL = HUB.otel
+#: The context variables' getters, bound once: Python 3.11 calls a method of an imported
+#: name through a new bound method object each time.
+_request_id = REQUEST_ID.get
+_deadline = _DEADLINE.get
 
 
 class Exchange:
@@ -132,7 +136,7 @@ class Engine:
         ):
             # No SDK: no span, no meter; an empty context and no request id need no call at all.
             context = _current_context()
-            if context or REQUEST_ID.get() is not None:
+            if context or _request_id() is not None:
                 _propagate(request.headers, context)
         else:
             self._observe(exchange, _OTEL.tracer(), _OTEL.metrics())
@@ -172,7 +176,7 @@ class Engine:
     def before_attempt(self, exchange: Exchange) -> bool:
         """Admit the attempt through the host's breaker and fit it into the deadline; True for a probe."""
         exchange.attempts += 1
-        deadline = _DEADLINE.get()
+        deadline = _deadline()
         if deadline is not None:  # the drivers' clock: a test may have swapped it
             _fit_into_deadline(exchange, deadline - CLOCK.monotonic(), self.label)
         breaker = exchange.host.breaker
@@ -356,7 +360,7 @@ def _propagate(headers: httpx.Headers, context: otel_context.Context) -> None:
     """
     if context:  # an empty context (no span, no baggage) has nothing to propagate: skip the 2 µs
         propagate.inject(headers, context=context, setter=_KEEP_CALLERS)
-    request_id = REQUEST_ID.get()
+    request_id = _request_id()
     if request_id is not None and REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request_id
 
