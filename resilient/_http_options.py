@@ -204,7 +204,8 @@ def _scoped_rate_limit(limit: RateLimit, *, per_host: bool, max_hosts: int) -> R
     return dataclasses.replace(limit, key=_origin_of_exchange, max_keys=max(max_hosts, 1))
 
 
-def _origin_of_exchange(exchange: Exchange) -> str:
+def _origin_of_exchange(_transport: object, exchange: Exchange) -> str:
+    """The rate-limit key of an attempt, given the transport's arguments to the policy's call."""
     return exchange.host.origin
 
 

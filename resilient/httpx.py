@@ -92,9 +92,16 @@ class ResilientTransport(httpx.BaseTransport):
         """Send `request` under the policy; the final response is returned whatever its status."""
         engine = self._engine
         exchange = engine.begin(request)
+        compiled = exchange.compiled
         try:
-            response: httpx.Response = exchange.compiled.sync_entry(
-                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs, exchange.started
+            response: httpx.Response = compiled.sync_entry(
+                compiled,
+                engine.label,
+                ResilientTransport._attempt,  # and self as an argument: a bound method is an object per request
+                (self, exchange),
+                {},
+                exchange.obs,
+                exchange.started,
             )
         except StatusFailure as last:
             response = last.response
@@ -149,9 +156,16 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         """Send `request` under the policy; the final response is returned whatever its status."""
         engine = self._engine
         exchange = engine.begin(request)
+        compiled = exchange.compiled
         try:
-            response: httpx.Response = await exchange.compiled.async_entry(
-                exchange.compiled, engine.label, self._attempt, (exchange,), {}, exchange.obs, exchange.started
+            response: httpx.Response = await compiled.async_entry(
+                compiled,
+                engine.label,
+                AsyncResilientTransport._attempt,  # not a bound method, as in the sync twin
+                (self, exchange),
+                {},
+                exchange.obs,
+                exchange.started,
             )
         except StatusFailure as last:
             response = last.response
