@@ -59,6 +59,11 @@ __all__ = [
 
 #: Read on every call to decide whether telemetry is needed at all.
 _OTEL = HUB.otel
+#: The deadline variable's methods, bound once: Python 3.11 calls a method of an imported
+#: name through a new bound method object each time.
+_current_deadline = _DEADLINE.get
+_set_deadline = _DEADLINE.set
+_reset_deadline = _DEADLINE.reset
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
@@ -220,7 +225,7 @@ async def admit_async(
 
 def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
     """Sleep until a slot frees up; `max_wait` (clamped to the deadline) bounds the whole wait."""
-    budget = limiter.wait_budget(_DEADLINE.get())
+    budget = limiter.wait_budget(_current_deadline())
     while wait:
         if wait > budget:
             raise limiter.reject(key, wait, label)
@@ -230,7 +235,7 @@ def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, lab
 
 
 async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
-    budget = limiter.wait_budget(_DEADLINE.get())
+    budget = limiter.wait_budget(_current_deadline())
     while wait:
         if wait > budget:
             raise limiter.reject(key, wait, label)
@@ -245,7 +250,7 @@ def _breaker_opened(cp: CompiledPolicy) -> bool:
 
 
 def _clamp_wait(wait: float) -> float:
-    deadline = _DEADLINE.get()
+    deadline = _current_deadline()
     if deadline is None or wait <= 0:
         return wait
     return min(wait, max(deadline - CLOCK.monotonic(), 0.0))
@@ -265,14 +270,14 @@ def deadline_sync(
 ) -> Any:
     started = CLOCK.monotonic() if now is None else now
     deadline = started + cp.total_timeout  # type: ignore[operator]
-    inherited = _DEADLINE.get()
+    inherited = _current_deadline()
     if inherited is not None and inherited < deadline:
         deadline = inherited
-    token = _DEADLINE.set(deadline)
+    token = _set_deadline(deadline)
     try:
         result = cp.sync_after_deadline(cp, label, fn, args, kwargs, obs, started)
     finally:
-        _DEADLINE.reset(token)
+        _reset_deadline(token)
     if cp.runner is None and CLOCK.monotonic() > deadline:  # cooperative: late, but not discarded
         # Which deadline won, by identity of the value, not by arithmetic: in floats
         # (started + total) - started can come out a hair below total.
@@ -292,14 +297,14 @@ async def deadline_async(
 ) -> Any:
     started = CLOCK.monotonic() if now is None else now
     deadline = started + cp.total_timeout  # type: ignore[operator]
-    inherited = _DEADLINE.get()
+    inherited = _current_deadline()
     if inherited is not None and inherited < deadline:
         deadline = inherited
-    token = _DEADLINE.set(deadline)
+    token = _set_deadline(deadline)
     try:
         return await cp.async_after_deadline(cp, label, fn, args, kwargs, obs, started)
     finally:
-        _DEADLINE.reset(token)
+        _reset_deadline(token)
 
 
 # ---------------------------------------------------------------- retry and its budget
@@ -317,17 +322,19 @@ def retry_sync(
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(now)
+    # No breaker, attempt timeout or telemetry: the attempt layer would only call `fn`.
+    bare = cp.breaker is None and obs is None and not cp.bounded_sync
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = attempt_sync(cp, label, fn, args, kwargs, obs, now)
+            result = fn(*args, **kwargs) if bare else attempt_sync(cp, label, fn, args, kwargs, obs, now)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
             if not retry.is_retryable(error, call) or _breaker_opened(cp):
                 raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
             if delay is None:
                 raise
         else:
@@ -337,7 +344,7 @@ def retry_sync(
             call.record(attempt, None, result)
             if not retry.is_retryable_result(result, call):
                 return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _DEADLINE.get(), label)
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
             if delay is None:
                 return result
         CLOCK.sleep(delay)
@@ -357,17 +364,19 @@ async def retry_async(
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(now)
+    # No breaker, attempt timeout or telemetry: the attempt layer would only await `fn`.
+    bare = cp.breaker is None and obs is None and not cp.bounded_async
     attempt = 1
     call: RetryCall | None = None
     while True:
         try:
-            result = await cp.async_attempt(cp, label, fn, args, kwargs, obs, now)
+            result = await (fn(*args, **kwargs) if bare else cp.async_attempt(cp, label, fn, args, kwargs, obs, now))
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
             call.record(attempt, error, None)
             if not retry.is_retryable(error, call) or _breaker_opened(cp):
                 raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _DEADLINE.get(), label)
+            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
             if delay is None:
                 raise
         else:
@@ -377,7 +386,7 @@ async def retry_async(
             call.record(attempt, None, result)
             if not retry.is_retryable_result(result, call):
                 return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _DEADLINE.get(), label)
+            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
             if delay is None:
                 return result
         await CLOCK.asleep(delay)
@@ -517,11 +526,11 @@ def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | 
 
 
 def _bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
-    deadline = _DEADLINE.get()
+    deadline = _current_deadline()
     end, scope, seconds = _attempt_bound(cp, deadline)
     if end is None:
         return fn(*args, **kwargs)
-    token = _DEADLINE.set(end) if end != deadline else None
+    token = _set_deadline(end) if end != deadline else None
     try:
         if cp.runner is None:
             result = fn(*args, **kwargs)
@@ -537,7 +546,7 @@ def _bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: 
             raise _exceeded(label, scope, seconds) from None
     finally:
         if token is not None:
-            _DEADLINE.reset(token)
+            _reset_deadline(token)
 
 
 async def _bounded_async(
@@ -547,14 +556,14 @@ async def _bounded_async(
     args: Args,
     kwargs: Kwargs,
 ) -> Any:
-    deadline = _DEADLINE.get()
+    deadline = _current_deadline()
     end, scope, seconds = _attempt_bound(cp, deadline)
     if end is None:
         return await fn(*args, **kwargs)
     remaining = end - CLOCK.monotonic()
     if remaining <= 0:
         raise _exceeded(label, scope, seconds)
-    token = _DEADLINE.set(end) if end != deadline else None
+    token = _set_deadline(end) if end != deadline else None
     # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
     # else's by the task's cancel count), armed on the loop's shared watchdog.
     task = asyncio.current_task()
@@ -577,7 +586,7 @@ async def _bounded_async(
         if watch.fired:  # we cancelled, but the call swallowed it: withdraw our cancel request
             task.uncancel()
         if token is not None:
-            _DEADLINE.reset(token)
+            _reset_deadline(token)
 
 
 def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:
