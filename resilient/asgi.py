@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, Final
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry import context as otel_context
 
 from resilient import deadline
+from resilient._asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer
 from resilient._edge import (
     REJECTIONS,
     SHED_RETRY_AFTER,
@@ -59,7 +59,6 @@ from resilient._edge_telemetry import (
     start_server_span,
     unbind_request_id,
 )
-from resilient._timeout import DeadlineWatchdog, watchdog_for
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
@@ -85,146 +84,6 @@ class _BodyTooLargeError(Exception):
     """Raised inside the app by `receive` once the body passes `max_body_size`."""
 
 
-class _AsyncGate:
-    """The in-flight limit of one plan: a slot count, waited on for at most `wait` seconds.
-
-    A counter rather than an `asyncio.Semaphore`: the event loop runs one task at a time,
-    so taking a free slot needs no lock and no coroutine (the semaphore's `acquire` is
-    one, about 1 µs a request). Waiters, when `wait` allows them, queue in FIFO order and
-    are handed the slot of the request that finishes.
-    """
-
-    __slots__ = ("_free", "_wait", "_waiters")
-
-    def __init__(self, size: int, wait: float) -> None:
-        self._free = size
-        self._wait = wait
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_acquire(self) -> bool:
-        """Take a free slot now, if there is one nobody is queued for."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def acquire_waiting(self) -> bool:
-        """Queue for a slot: True when one was handed over within `wait` seconds (if any)."""
-        if self._wait <= 0:
-            return False
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(self._wait):
-                await waiter
-        except TimeoutError:
-            # The slot may have been handed over just as the wait ran out: it is ours then.
-            return waiter.done() and not waiter.cancelled()
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed over, but we are cancelled: pass it on
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return True
-
-    def release(self) -> None:
-        """Give the slot back: to the first live waiter, else to the free count."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
-class _Timer:
-    """The request deadline: `asyncio.timeout` semantics on the loop's shared deadline watchdog.
-
-    `asyncio.timeout` costs several microseconds per request (a context manager, a timer
-    handle, a reschedule); the core's `DeadlineWatchdog` keeps one timer per event loop, so
-    arming is a set insertion. Same cancellation accounting: the task's cancel request is
-    withdrawn (`uncancel`) when the watchdog fired, and only a cancellation it caused
-    becomes a `TimeoutError`. The deadline is also published in `resilient.deadline` for
-    the request's nested calls, until `close`.
-    """
-
-    __slots__ = ("_armed", "_cancelling", "_settled", "_task", "_token", "_watch", "_watchdog")
-
-    def __init__(self, task: asyncio.Task[Any], instant: float, now: float) -> None:
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._settled = False
-        loop = task.get_loop()
-        remembered = _last_loop
-        if remembered is None or remembered[0] is not loop:
-            remembered = _remember_loop(loop)
-        _, watchdog, monotonic_clock = remembered
-        self._watchdog = watchdog
-        # `instant` is on `time.monotonic`, which is the clock of asyncio's own loops.
-        self._watch = watchdog.arm(task, instant if monotonic_clock else loop.time() + (instant - now))
-        self._armed = True
-        self._token = deadline._DEADLINE.set(instant)
-
-    @property
-    def expired(self) -> bool:
-        """Whether the deadline passed (and the task was cancelled for it)."""
-        return self._watch.fired
-
-    def stop(self) -> None:
-        """Disarm the timer: the response is complete, or the app returned."""
-        if self._armed:  # a flag test is cheaper than a second call into the watchdog
-            self._armed = False
-            self._watchdog.disarm(self._watch)
-
-    def settle(self) -> bool:
-        """After the app: withdraw our cancel request; True when it is what stopped the app."""
-        if not self._watch.fired or self._settled:
-            return False
-        self._settled = True
-        return self._task.uncancel() <= self._cancelling
-
-    def close(self) -> None:
-        """The app returned: disarm, withdraw a cancellation the app swallowed, restore the deadline."""
-        if self._armed:  # else the response completed and `stop` ran already
-            self._armed = False
-            self._watchdog.disarm(self._watch)
-        if self._watch.fired:
-            self.settle()
-        deadline._DEADLINE.reset(self._token)
-
-
-# The loop the last deadline was armed on, its watchdog, and whether its clock is
-# `time.monotonic` (asyncio's own loops; uvloop keeps its own): one tuple read per request
-# instead of two calls.
-_LoopFacts = tuple[asyncio.AbstractEventLoop, DeadlineWatchdog, bool]
-_last_loop: _LoopFacts | None = None
-
-
-def _remember_loop(loop: asyncio.AbstractEventLoop) -> _LoopFacts:
-    """Look up `loop`'s watchdog and clock, and remember them for the next request."""
-    global _last_loop  # noqa: PLW0603 - a one-entry cache, replaced whole
-    _last_loop = (loop, watchdog_for(loop), type(loop).time is asyncio.BaseEventLoop.time)
-    return _last_loop
-
-
-class _NoTimer:
-    """`_Timer` for a request without a deadline: nothing to settle or close."""
-
-    __slots__ = ()
-
-    def settle(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-_NO_TIMER: Final = _NoTimer()
-
-
 async def _nothing() -> None:
     """The awaitable `send` hands back for a message it drops."""
 
@@ -241,7 +100,7 @@ class _Exchange:
     sent_bytes = received = 0
     body_limit: int | None = None
     deadline: float | None = None
-    timer: _Timer | None = None
+    timer: RequestTimer | None = None
     ended: float | None = None
     rejection: str | None = None
     client: str | None = None
@@ -276,7 +135,7 @@ class _Exchange:
             if not message.get("more_body", False):
                 # The response is complete: lift the deadline so background tasks (they run
                 # after the response, in this task) do not inherit the response's budget.
-                # `_Timer.close` restores the previous value when the app returns.
+                # `RequestTimer.close` restores the previous value when the app returns.
                 self.complete = True
                 self.ended = time.perf_counter()
                 if self.timer is not None:
@@ -328,7 +187,7 @@ class ResilientMiddleware:
     def __init__(self, app: ASGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
-        self._edge: Edge[_AsyncGate] = Edge(self.options, _AsyncGate)
+        self._edge: Edge[AsyncGate] = Edge(self.options, AsyncGate)
         self._request_id_header = self._edge.request_id_header
         self._response_id_name = self._edge.request_id_response_name
         self._on_success = self.options.ratelimit_headers_on_success
@@ -425,7 +284,7 @@ class ResilientMiddleware:
                 raise
 
     @staticmethod
-    def _check_body(headers: _HeaderMap, plan: RoutePlan[_AsyncGate], ex: _Exchange) -> _Refusal | None:
+    def _check_body(headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: _Exchange) -> _Refusal | None:
         """400/413 for a bad or too large declared body; else arms the limit for `receive`."""
         limit = plan.max_body_size
         if limit is None:
@@ -439,7 +298,7 @@ class ResilientMiddleware:
         return None
 
     def _rate_verdict(
-        self, decision: RateDecision, limiter: Limiter, plan: RoutePlan[_AsyncGate], ex: _Exchange
+        self, decision: RateDecision, limiter: Limiter, plan: RoutePlan[AsyncGate], ex: _Exchange
     ) -> _Refusal | None:
         """429 with its headers over the rate limit; under it, the success headers are added."""
         limit_headers = rate_limit_headers(decision, limiter.policy_header, legacy=self._legacy)
@@ -449,7 +308,7 @@ class ResilientMiddleware:
         emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
         return 429, limit_headers
 
-    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[_AsyncGate], ex: _Exchange) -> _Timer | _NoTimer:
+    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: _Exchange) -> RequestTimer | NoTimer:
         """Start the request's deadline, if it has one (raises `TimeoutError` if already spent)."""
         timeout = plan.timeout
         if self._honour_deadline:
@@ -457,7 +316,7 @@ class ResilientMiddleware:
             if caller is not None:
                 timeout = effective_timeout(timeout, deadline.parse_header(caller))
         if timeout is None:
-            return _NO_TIMER
+            return NO_TIMER
         now = time.monotonic()
         if timeout <= 0:
             ex.deadline = now
@@ -470,7 +329,7 @@ class ResilientMiddleware:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - ASGI servers always run apps in a task
             raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
-        timer = ex.timer = _Timer(task, instant, now)
+        timer = ex.timer = RequestTimer(task, instant, now)
         return timer
 
     def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> str:

@@ -31,8 +31,9 @@ from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
 from resilient import deadline, instrumentation
+from resilient._asgi_limits import AsyncGate
 from resilient._context import current_request_id
-from resilient.asgi import ResilientMiddleware, RouteOptions, _AsyncGate
+from resilient.asgi import ResilientMiddleware, RouteOptions
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -416,7 +417,7 @@ async def test_in_flight_wait_admits_when_a_slot_frees() -> None:
 async def test_in_flight_gate_hands_slots_over_in_order_and_never_loses_one() -> None:
     """Waiters get freed slots first come, first served; one that gives up or is cancelled
     leaves the count exact (a slot handed to a cancelled waiter passes on)."""
-    gate = _AsyncGate(1, 30.0)
+    gate = AsyncGate(1, 30.0)
     assert gate.try_acquire()
     first = asyncio.create_task(gate.acquire_waiting())
     second = asyncio.create_task(gate.acquire_waiting())
@@ -437,12 +438,12 @@ async def test_in_flight_gate_hands_slots_over_in_order_and_never_loses_one() ->
 
 async def test_in_flight_gate_waiter_gives_up_after_its_wait() -> None:
     """A waiter whose wait runs out is refused and leaves no trace in the queue."""
-    gate = _AsyncGate(1, 0.01)
+    gate = AsyncGate(1, 0.01)
     assert gate.try_acquire()
     assert not await gate.acquire_waiting()
     gate.release()
     assert gate.try_acquire()
-    assert not await _AsyncGate(1, 0.0).acquire_waiting()  # no wait allowed: refused at once
+    assert not await AsyncGate(1, 0.0).acquire_waiting()  # no wait allowed: refused at once
 
 
 # --- deadline --------------------------------------------------------------------------------
