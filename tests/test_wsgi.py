@@ -7,9 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -23,6 +21,8 @@ from werkzeug.test import Client
 from resilient import DeadlineExceededError, deadline, instrumentation
 from resilient._context import current_request_id
 from resilient.wsgi import ResilientWSGIMiddleware, RouteOptions
+
+from ._wsgi_server import serve_wsgi
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -318,28 +318,12 @@ def test_legacy_write_apps_get_our_headers() -> None:
 # --- a real threaded WSGI server -------------------------------------------------------------
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_args: Any) -> None:
-        """No per-request lines on stderr."""
-
-
 @pytest.fixture
 def served() -> Iterator[str]:
-    """A threaded wsgiref server on 127.0.0.1 and a free port, always shut down."""
+    """The Flask app behind the middleware on a real threaded server."""
     app = flask_app(rate_limit="3/minute", rate_limit_algorithm="fixed-window", max_body_size=100)
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_wsgi(app) as url:
+        yield url
 
 
 def test_real_threaded_server(served: str) -> None:

@@ -20,13 +20,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 from flask import Flask
@@ -38,6 +35,7 @@ from starlette.routing import Route
 from resilient.asgi import ResilientMiddleware
 from resilient.testing import FaultyUpstream
 from resilient.wsgi import ResilientWSGIMiddleware
+from tests._wsgi_server import serve_wsgi
 
 from ._measure import Figures, heap_frozen, percentile
 
@@ -180,16 +178,6 @@ async def test_spike_through_asgi_middleware(figures: Figures) -> None:
 # ---------------------------------------------------------------------- WSGI, real threaded server
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 128  # socketserver's 5 would drop connections of a burst (1 s SYN retries)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_args: Any) -> None:
-        """No per-request lines on stderr."""
-
-
 def flask_app(upstream: httpx.Client) -> Flask:
     """A Flask handler that calls the upstream, behind the middleware."""
     app = Flask(__name__)
@@ -202,24 +190,10 @@ def flask_app(upstream: httpx.Client) -> Flask:
     return app
 
 
-@contextmanager
-def served(app: Flask) -> Iterator[str]:
-    """A threaded wsgiref server on 127.0.0.1 and a free port, always shut down."""
-    server = make_server(PROXY, 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{PROXY}:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def wsgi_run(upstream: httpx.Client, *, bursting: int) -> Run:
     """Steady clients and one sending `bursting` requests at once, against a fresh server; what they saw."""
     run = Run()
-    with served(flask_app(upstream)) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with serve_wsgi(flask_app(upstream)) as url, httpx.Client(base_url=url, timeout=30) as http:
 
         def send(client: str) -> None:
             started = time.perf_counter()

@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -27,6 +24,7 @@ from starlette.routing import Route
 
 from resilient.asgi import ResilientMiddleware
 from resilient.wsgi import ResilientWSGIMiddleware
+from tests._wsgi_server import serve_wsgi
 
 LIMIT = 10
 CLIENTS = 50
@@ -88,30 +86,6 @@ async def test_asgi_in_flight_limit_sheds_the_excess(slowness: str) -> None:
     assert after.status_code == 200  # every slot was given back
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 128  # socketserver's 5 would drop a burst of connections
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_args: Any) -> None:
-        """No per-request lines on stderr."""
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """A threaded wsgiref server on 127.0.0.1 and a free port, always shut down."""
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def test_wsgi_in_flight_limit_sheds_the_excess_on_a_real_server() -> None:
     """WSGI (threaded server): 50 requests to a slow handler, limit 10: 40 get 503 while 10 are held."""
     release = threading.Event()
@@ -125,7 +99,7 @@ def test_wsgi_in_flight_limit_sheds_the_excess_on_a_real_server() -> None:
         return [b"done"]
 
     app = ResilientWSGIMiddleware(slow, max_in_flight=LIMIT)
-    with served(app) as url, httpx.Client(base_url=url, timeout=WAIT * 2) as http:
+    with serve_wsgi(app) as url, httpx.Client(base_url=url, timeout=WAIT * 2) as http:
 
         def one() -> httpx.Response:
             response = http.get("/slow")
