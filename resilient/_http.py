@@ -135,16 +135,16 @@ class Engine:
             and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
         ):
             # No SDK: no span, no meter; an empty context and no request id need no call at all.
-            context = _current_context()
-            if context or _request_id() is not None:
-                _propagate(request.headers, context)
+            context, request_id = _current_context(), _request_id()
+            if context or request_id is not None:
+                _propagate(request.headers, context, request_id)
         else:
             self._observe(exchange, _OTEL.tracer(), _OTEL.metrics())
         return exchange
 
     def _observe(self, exchange: Exchange, tracer: trace.Tracer | None, metrics: Any) -> None:
-        context = self._start_span(exchange, tracer) if tracer is not None else otel_context.get_current()
-        _propagate(exchange.request.headers, context)
+        context = self._start_span(exchange, tracer) if tracer is not None else _current_context()
+        _propagate(exchange.request.headers, context, _request_id())
         if metrics is not None:
             exchange.obs = CallObservation(self.label, None, metrics)
 
@@ -353,14 +353,13 @@ def _context_getter() -> Callable[[], otel_context.Context]:
 _current_context = _context_getter()
 
 
-def _propagate(headers: httpx.Headers, context: otel_context.Context) -> None:
+def _propagate(headers: httpx.Headers, context: otel_context.Context, request_id: str | None) -> None:
     """Add trace context (the app's propagator) and the request id, never replacing the caller's headers.
 
     `context` holds the request's CLIENT span, or is the current (maybe remote) context.
     """
     if context:  # an empty context (no span, no baggage) has nothing to propagate: skip the 2 µs
         propagate.inject(headers, context=context, setter=_KEEP_CALLERS)
-    request_id = _request_id()
     if request_id is not None and REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request_id
 
