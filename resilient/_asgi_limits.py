@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Final
 
 from resilient import deadline
-from resilient._timeout import DeadlineWatchdog, watchdog_for
+from resilient._timeout import watchdog_for
 
 __all__ = ["NO_TIMER", "AsyncGate", "NoTimer", "RequestTimer"]
 
@@ -90,13 +90,9 @@ class RequestTimer:
         self._cancelling = task.cancelling()
         self._settled = False
         loop = task.get_loop()
-        remembered = _last_loop
-        if remembered is None or remembered[0] is not loop:
-            remembered = _remember_loop(loop)
-        _, watchdog, monotonic_clock = remembered
-        self._watchdog = watchdog
+        watchdog = self._watchdog = watchdog_for(loop)
         # `instant` is on `time.monotonic`, which is the clock of asyncio's own loops.
-        self._watch = watchdog.arm(task, instant if monotonic_clock else loop.time() + (instant - now))
+        self._watch = watchdog.arm(task, instant if watchdog.on_monotonic_clock else loop.time() + (instant - now))
         self._armed = True
         self._token = deadline._DEADLINE.set(instant)
 
@@ -126,20 +122,6 @@ class RequestTimer:
         if self._watch.fired:
             self.settle()
         deadline._DEADLINE.reset(self._token)
-
-
-# The loop the last deadline was armed on, its watchdog, and whether its clock is
-# `time.monotonic` (asyncio's own loops; uvloop keeps its own): one tuple read per request
-# instead of two calls.
-_LoopFacts = tuple[asyncio.AbstractEventLoop, DeadlineWatchdog, bool]
-_last_loop: _LoopFacts | None = None
-
-
-def _remember_loop(loop: asyncio.AbstractEventLoop) -> _LoopFacts:
-    """Look up `loop`'s watchdog and clock, and remember them for the next request."""
-    global _last_loop  # noqa: PLW0603 - a one-entry cache, replaced whole
-    _last_loop = (loop, watchdog_for(loop), type(loop).time is asyncio.BaseEventLoop.time)
-    return _last_loop
 
 
 class NoTimer:

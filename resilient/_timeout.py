@@ -148,6 +148,9 @@ class DeadlineWatchdog:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: Whether `loop.time()` is `time.monotonic()` (asyncio's own loops; uvloop keeps its
+        #: own clock): then a deadline on `time.monotonic` needs no conversion to loop time.
+        self.on_monotonic_clock = type(loop).time is asyncio.BaseEventLoop.time
         self._watches: set[_Watch] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
