@@ -11,6 +11,7 @@ HTTP facts in `_http_rules`.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -299,19 +300,14 @@ def _end_span(exchange: Exchange, attributes: dict[str, Any], status: Status | N
     otel_context.detach(exchange.token)  # type: ignore[arg-type]
 
 
-_REDACTED_URLS: dict[str, str] = {}
-_MAX_REDACTED_URLS = 256
+# A client mostly calls the same few URLs; bounded, as URLs carrying ids never repeat
+# (the same memo as the middleware's user-agent redaction).
+_redact_url_text = functools.lru_cache(maxsize=256)(redact_url)
 
 
 def _redacted(url: httpx.URL) -> str:
-    """`redact_url` of the URL, remembered: a client mostly calls the same few URLs."""
-    text = str(url)
-    redacted = _REDACTED_URLS.get(text)
-    if redacted is None:
-        if len(_REDACTED_URLS) >= _MAX_REDACTED_URLS:  # URLs carrying ids would grow it forever
-            _REDACTED_URLS.clear()
-        redacted = _REDACTED_URLS[text] = redact_url(text)
-    return redacted
+    """`redact_url` of the URL, remembered."""
+    return _redact_url_text(str(url))
 
 
 def _retry_after_of(response: httpx.Response) -> float | None:
