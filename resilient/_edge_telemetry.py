@@ -19,7 +19,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from resilient._context import REQUEST_ID
@@ -302,21 +302,30 @@ def access_fields(
     return fields
 
 
-def log_access(level: int, fields: dict[str, Any]) -> None:
+def log_access(level: int, fields: dict[str, Any], span: Span | None) -> None:
     """Emit the ``http.access`` event (`fields` from `access_fields`): one structured line per request.
 
     With listeners the event goes through the hub like any other. Without, the line is all
     that is left to do (``http.access`` feeds no metric, and the SERVER span carries its
     fields), so it goes straight to the logger: no `Event`, no second level check, and no
     redaction scan of the fields that are safe by construction. The user agent is the one
-    field a client wrote freely: it is redacted as the hub would.
+    field a client wrote freely: it is redacted as the hub would. `span` is the request's
+    SERVER span (None when tracing is off): its ids join the line to the trace, read from
+    it rather than looked up in the current context.
     """
     if HUB.listeners:
         policy = fields.pop("policy")
         HUB.emit(EVENT_ACCESS, policy, level, **fields)
         return
     fields["user_agent"] = _redacted_user_agent(fields["user_agent"])
-    HUB.logger.log(level, EVENT_ACCESS, fields)
+    if span is None:  # an outer middleware's span may be current: the logger looks it up
+        HUB.logger.log(level, EVENT_ACCESS, fields)
+        return
+    span_context = span.get_span_context()
+    if span_context.is_valid:
+        fields["trace_id"] = format_trace_id(span_context.trace_id)
+        fields["span_id"] = format_span_id(span_context.span_id)
+    HUB.logger.log_joined(level, EVENT_ACCESS, fields)  # the request id is in `fields` already
 
 
 # A service sees the same few user agents over and over, and the scan costs 1-2 µs.

@@ -425,6 +425,7 @@ class ResilientMiddleware:
                     user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
                     rejection=ex.rejection,
                 ),
+                ex.span,
             )
 
 

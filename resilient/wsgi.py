@@ -617,6 +617,7 @@ class ResilientWSGIMiddleware:
                     user_agent=environ.get("HTTP_USER_AGENT", ""),
                     rejection=ex.rejection,
                 ),
+                ex.span,
             )
 
 

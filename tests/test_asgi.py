@@ -176,6 +176,18 @@ async def test_server_span_continues_the_trace_with_semconv_attributes(spans: In
     }
 
 
+async def test_access_line_joins_the_server_span(spans: InMemorySpanExporter) -> None:
+    """Written straight to the app's structlog (no listeners), the line carries the span's ids."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture])
+    async with client_for(fastapi_app()) as client:
+        await client.get("/items/5", headers={"traceparent": TRACEPARENT, "X-Request-ID": "r-9"})
+    [line] = [entry for entry in capture.entries if entry["event"] == "http.access"]
+    span = our_server_span(spans)
+    assert (line["trace_id"], line["span_id"]) == (TRACE_ID, format(span.context.span_id, "016x"))
+    assert (line["request_id"], line["route"], line["status"]) == ("r-9", "/items/{item_id}", 200)
+
+
 async def test_invalid_traceparent_starts_a_new_trace(spans: InMemorySpanExporter) -> None:
     """A malformed traceparent never fails the request: the span starts a fresh trace."""
     async with client_for(fastapi_app()) as client:

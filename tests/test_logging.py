@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import resilient.logging
 from resilient._context import REQUEST_ID
 from resilient.instrumentation._hub import HUB
-from resilient.instrumentation._log import LOGGER_NAME, _PublicConfig
+from resilient.instrumentation._log import LOGGER_NAME, EventLogger, _PublicConfig
 from resilient.logging import add_request_id, add_trace_context, configure
 
 if TYPE_CHECKING:
@@ -317,6 +317,24 @@ def test_event_level_check_follows_structlog_being_configured() -> None:
     assert not check(logging.INFO)
     structlog.reset_defaults()
     assert check(logging.INFO)
+
+
+def test_event_level_check_follows_a_cached_structlog_logger() -> None:
+    """A filtering logger cached on first use keeps its level: the check and the lines agree on it."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(
+        processors=[capture],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=True,
+    )
+    events = EventLogger()  # its own lazy proxy: the cache must not outlive this test
+    assert (events.is_enabled_for(logging.INFO), events.is_enabled_for(logging.WARNING)) == (False, True)
+    # Reconfigured, structlog keeps handing out the cached logger: the check still says WARNING.
+    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    assert not events.is_enabled_for(logging.INFO)
+    events.log(logging.INFO, "dropped", {})
+    events.log(logging.ERROR, "kept", {})
+    assert [entry["event"] for entry in capture.entries] == ["kept"]
 
 
 def test_structlog_flag_has_a_public_fallback() -> None:

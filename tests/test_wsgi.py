@@ -136,6 +136,17 @@ def test_server_span_continues_the_trace(spans: InMemorySpanExporter) -> None:
     assert span.attributes["url.path"] == "/items/5"
 
 
+def test_access_line_joins_the_server_span(spans: InMemorySpanExporter) -> None:
+    """Written straight to the app's structlog (no listeners), the line carries the span's ids."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture])
+    assert client().get("/items/5", headers={"traceparent": TRACEPARENT, "X-Request-ID": "r-9"}).data
+    [line] = [entry for entry in capture.entries if entry["event"] == "http.access"]
+    [span] = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert (line["trace_id"], line["span_id"]) == (TRACE_ID, format(span.context.span_id, "016x"))
+    assert (line["request_id"], line["route"], line["status"]) == ("r-9", "/items/<int:item_id>", 200)
+
+
 # --- error shield ----------------------------------------------------------------------------
 
 

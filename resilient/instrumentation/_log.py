@@ -37,6 +37,13 @@ if not hasattr(_STRUCTLOG, "is_configured"):
 
 LOGGER_NAME = "resilient"
 
+#: structlog's native filtering loggers (public factory, pre-built classes): their level is
+#: fixed in the class, so once the app's logger is cached, its verdict per level is too.
+_FIXED_LEVEL_LOGGERS = frozenset(
+    structlog.make_filtering_bound_logger(level)
+    for level in (logging.NOTSET, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+)
+
 # Fields the library itself fills with numbers, names of its own objects or enumerated
 # words, and the URLs its integrations already passed through `redact_url` (`url` from the
 # httpx transports, `path` from the middleware; `client` is a parsed IP address): no secret
@@ -85,6 +92,8 @@ class EventLogger:
         # One lazy proxy for the process, as structlog recommends: it follows the app's
         # configuration and lets `cache_logger_on_first_use` work.
         self._app = structlog.get_logger(LOGGER_NAME)
+        #: The cached app logger's fixed level, once known: see `_app_enabled_for`.
+        self._app_floor: int | None = None
         self.enabled = True
 
     def is_enabled_for(self, level: int) -> bool:
@@ -92,7 +101,8 @@ class EventLogger:
         if not self.enabled:
             return False
         if _STRUCTLOG.is_configured:
-            return self._app_enabled_for(level)
+            floor = self._app_floor
+            return level >= floor if floor is not None else self._app_enabled_for(level)
         # `Logger.isEnabledFor`, answered from the verdicts it caches (one call fewer per event):
         # the stdlib clears them whenever a level changes (`setLevel`, `logging.disable`), and
         # `disabled` (set by `dictConfig`) comes first, as in `isEnabledFor`. Without that private
@@ -110,6 +120,11 @@ class EventLogger:
         # answer `is_enabled_for`, stdlib ones `isEnabledFor`, and anything else gets every
         # event and filters it itself.
         logger = self._app.bind()
+        if type(logger) in _FIXED_LEVEL_LOGGERS and "bind" in vars(self._app):
+            # The proxy cached this logger on first use (its `bind` replaced by one returning
+            # it): every later event goes to it, so its level is the answer from now on.
+            # Reconfiguring structlog does not change a cached logger, here or in the app.
+            self._app_floor = logger.get_effective_level()
         check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
         if check is None:
             return True
@@ -129,5 +144,12 @@ class EventLogger:
             # too, through one more Python call, and a logger cached on first use is then
             # returned as is.
             self._app.bind().log(level, name, **add_request_id(None, "", add_trace_context(None, "", fields)))
+        else:
+            self._fallback.log(level, name, **fields)
+
+    def log_joined(self, level: int, name: str, fields: dict[str, Any]) -> None:
+        """`log` for fields that carry the request and trace ids already (the access line)."""
+        if _STRUCTLOG.is_configured:
+            self._app.bind().log(level, name, **fields)
         else:
             self._fallback.log(level, name, **fields)
