@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._harness import Case, SyncBench
-from benchmarks._support import HUGE_RATE, PHASES, peer, resilient_api
+from benchmarks._support import HUGE_RATE, PHASES, peer, resilient_api, sdk_tracer
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -112,6 +112,43 @@ def asgi_setup(
     return setup
 
 
+class SpanFloorMiddleware:
+    """The least a tracing middleware can do: one SDK SERVER span with the attributes the HTTP
+    semantic conventions require (method, path, scheme; the status at the end), nothing else.
+
+    Not a product: a yardstick. Its overhead over the peers is the floor under any ratio a
+    middleware that emits a conformant span can reach against them.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.tracer = sdk_tracer()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        trace, context = peer("opentelemetry.trace"), peer("opentelemetry.context")
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "url.scheme": scope["scheme"]}
+        span = self.tracer.start_span(scope["method"], kind=trace.SpanKind.SERVER, attributes=attributes)
+        token = context.attach(trace.set_span_in_context(span))
+        status = 0
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            span.end()
+            context.detach(token)
+
+
+def span_floor_middleware() -> Any:
+    return SpanFloorMiddleware
+
+
 ASGI_COMBO = "asgi-correlation-id + slowapi + OTel ASGI"
 ASGI_PEERS = (ASGI_COMBO, "+ slowapi (ASGI middleware)", "+ OTel OpenTelemetryMiddleware")
 
@@ -153,6 +190,16 @@ def asgi_cases() -> list[Case]:
         ]
         if phase == "sdk":
             cases += traced_caller_cases(section)
+            cases.append(
+                Case(
+                    section=section,
+                    name="floor: bare SDK SERVER span, by hand",
+                    peers=(ASGI_COMBO,),
+                    is_async=True,
+                    phase=phase,
+                    setup=asgi_setup([(span_floor_middleware, {})]),
+                )
+            )
     return cases
 
 
@@ -231,6 +278,56 @@ def httpx_setup(
     return setup
 
 
+def span_floor_transport(is_async: bool) -> Callable[[Any], Any]:
+    """The least a tracing transport can do: one SDK CLIENT span with the attributes the HTTP
+    semantic conventions require (method, URL, server address and port; the status at the
+    end) and the ``traceparent`` header. A yardstick, as `SpanFloorMiddleware` is."""
+    httpx = peer("httpx")
+    trace, context, propagate = (
+        peer("opentelemetry.trace"),
+        peer("opentelemetry.context"),
+        peer("opentelemetry.propagate"),
+    )
+    tracer = sdk_tracer()
+
+    def start(request: Any) -> tuple[Any, Any]:
+        url = request.url
+        attributes = {
+            "http.request.method": request.method,
+            "url.full": str(url),
+            "server.address": url.host,
+            "server.port": url.port or 80,
+        }
+        span = tracer.start_span(request.method, kind=trace.SpanKind.CLIENT, attributes=attributes)
+        current = trace.set_span_in_context(span)
+        propagate.inject(request.headers, context=current)
+        return span, context.attach(current)
+
+    def end(span: Any, token: Any, response: Any) -> Any:
+        context.detach(token)
+        span.set_attribute("http.response.status_code", response.status_code)
+        span.end()
+        return response
+
+    class Floor(httpx.BaseTransport):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: Any) -> Any:
+            span, token = start(request)
+            return end(span, token, self.inner.handle_request(request))
+
+    class AsyncFloor(httpx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: Any) -> Any:
+            span, token = start(request)
+            return end(span, token, await self.inner.handle_async_request(request))
+
+    return AsyncFloor if is_async else Floor
+
+
 HTTPX_COMBO = "httpx-retries + OTel instrument_client"
 
 
@@ -266,6 +363,17 @@ def httpx_cases() -> list[Case]:
                 )
                 for name, tag, wrap, instrument, peers in variants
             ]
+            if phase == "sdk":
+                cases.append(
+                    Case(
+                        section=section,
+                        name="floor: bare SDK CLIENT span, by hand",
+                        peers=(HTTPX_COMBO,),
+                        is_async=is_async,
+                        phase=phase,
+                        setup=httpx_setup(span_floor_transport, is_async=is_async, instrument=False),
+                    )
+                )
     return cases
 
 
