@@ -1,7 +1,7 @@
 """Telemetry both middlewares share: the SERVER span, the access log, unhandled errors.
 
-Split from `_edge` (options, ids, client keys, limits, bodies): this part only reports. It
-never decides what a client gets back.
+Split from `_edge` (ids, client keys, limits, bodies) and `_edge_options`: this part only
+reports. It never decides what a client gets back.
 """
 
 from __future__ import annotations

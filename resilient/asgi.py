@@ -34,11 +34,8 @@ from resilient._edge import (
     Edge,
     Limiter,
     RateDecision,
-    RequestInfo,
-    RouteOptions,
     RoutePlan,
     accept_request_id,
-    build_options,
     content_length_verdict,
     effective_timeout,
     error_body,
@@ -46,6 +43,7 @@ from resilient._edge import (
     new_request_id,
     rate_limit_headers,
 )
+from resilient._edge_options import RequestInfo, RouteOptions, build_options
 from resilient._edge_telemetry import (
     ASGI_HEADERS,
     access_fields,
@@ -176,7 +174,7 @@ class _Exchange:
 class ResilientMiddleware:
     """ASGI middleware adding request ids, spans, access logs, rate and load limits, deadlines.
 
-    Options (all keyword, all validated here; see `resilient._edge.EdgeOptions` and
+    Options (all keyword, all validated here; see `resilient._edge_options.EdgeOptions` and
     ``docs/middleware.md``): ``request_id``, ``request_id_header``, ``tracing``,
     ``access_log``, ``rate_limit``, ``rate_limit_key``, ``rate_limit_algorithm``, ``routes``,
     ``legacy_ratelimit_headers``, ``ratelimit_headers_on_success``, ``max_in_flight``,

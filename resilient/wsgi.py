@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -32,17 +31,15 @@ from resilient._edge import (
     REJECTIONS,
     SHED_RETRY_AFTER,
     Edge,
-    RequestInfo,
-    RouteOptions,
     RoutePlan,
     accept_request_id,
-    build_options,
     content_length_verdict,
     effective_timeout,
     error_body,
     error_headers,
     rate_limit_headers,
 )
+from resilient._edge_options import RequestInfo, RouteOptions, build_options
 from resilient._edge_telemetry import (
     WSGI_HEADERS,
     access_fields,
@@ -56,6 +53,7 @@ from resilient._edge_telemetry import (
     start_server_span,
 )
 from resilient._errors import DeadlineExceededError
+from resilient._wsgi_limits import BodyTooLargeError, LimitedInput, SyncGate
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
@@ -73,89 +71,6 @@ _StrHeaders = list[tuple[str, str]]
 _DEADLINE_ENVIRON: Final = "HTTP_" + deadline.HEADER.upper().replace("-", "_")
 _SHED_HEADERS: Final = [("Retry-After", str(SHED_RETRY_AFTER))]
 _STATUS_LINES: Final = {status: f"{status} {reason}" for status, (_, reason) in ERRORS.items()}
-
-
-class _BodyTooLargeError(Exception):
-    """Raised inside the app by the wrapped ``wsgi.input`` once the body passes the limit."""
-
-
-class _SyncGate:
-    """The in-flight limit of one plan: a semaphore, waited on for at most `wait` seconds."""
-
-    __slots__ = ("_semaphore", "_wait")
-
-    def __init__(self, size: int, wait: float) -> None:
-        self._semaphore = threading.BoundedSemaphore(size)
-        self._wait = wait
-
-    def acquire(self) -> bool:
-        """Take a slot: True when admitted, False when the wait ran out (or was zero)."""
-        if self._wait <= 0:
-            return self._semaphore.acquire(blocking=False)
-        return self._semaphore.acquire(timeout=self._wait)
-
-    def release(self) -> None:
-        """Give the slot back."""
-        self._semaphore.release()
-
-
-class _LimitedInput:
-    """``wsgi.input`` for a body of unknown length: counts bytes, raises past the limit.
-
-    Every read asks the server for at most one byte more than the limit allows, so a huge
-    or endless chunked body is never buffered before it is found too large.
-    """
-
-    def __init__(self, stream: Any, limit: int, ex: _Exchange) -> None:
-        self._stream = stream
-        self._left = limit
-        self._ex = ex
-
-    def _bounded(self, size: int | None) -> int:
-        allowed = self._left + 1
-        return allowed if size is None or size < 0 else min(size, allowed)
-
-    def _account(self, data: bytes) -> bytes:
-        self._left -= len(data)
-        if self._left < 0:
-            self._ex.body_too_large = True
-            raise _BodyTooLargeError
-        return data
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to `size` bytes (all when negative), raising once past the limit."""
-        if size is None or size < 0:
-            return self._account(self._read_to_end())
-        return self._account(self._stream.read(self._bounded(size)))
-
-    def _read_to_end(self) -> bytes:
-        """Read until the end of the body, or until one byte past the limit."""
-        chunks: list[bytes] = []
-        total = 0
-        while total <= self._left:
-            chunk = self._stream.read(self._left + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        """Read one line (at most `size` bytes), raising once past the limit."""
-        return self._account(self._stream.readline(self._bounded(size)))
-
-    def readlines(self, _hint: int = -1) -> list[bytes]:
-        """Read the remaining lines, raising once past the limit."""
-        return list(self)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
 
 
 class _Exchange:
@@ -387,8 +302,8 @@ class _RequestState:
         self.context = contextvars.copy_context()
         self.started = time.perf_counter()
         self.finished = False
-        self.gate: _SyncGate | None = None
-        self.plan: RoutePlan[_SyncGate] | None = None
+        self.gate: SyncGate | None = None
+        self.plan: RoutePlan[SyncGate] | None = None
         self.timeout: float | None = None
 
     def failed_after_start(self, exc: Exception) -> None:
@@ -438,7 +353,7 @@ class ResilientWSGIMiddleware:
     def __init__(self, app: WSGIApp, /, **options: Any) -> None:
         self.app = app
         self.options = build_options(options)
-        self._edge: Edge[_SyncGate] = Edge(self.options, _SyncGate)
+        self._edge: Edge[SyncGate] = Edge(self.options, SyncGate)
         self._response_id_name = self.options.request_id_header
         self._on_success = self.options.ratelimit_headers_on_success
         self._legacy = self.options.legacy_ratelimit_headers
@@ -491,7 +406,7 @@ class ResilientWSGIMiddleware:
             return response.serve_own(ex.reject(504))
         return response.serve_app(self.app(environ, ex.start_response))
 
-    def _rejected(self, environ: Environ, plan: RoutePlan[_SyncGate], ex: _Exchange) -> bytes | None:
+    def _rejected(self, environ: Environ, plan: RoutePlan[SyncGate], ex: _Exchange) -> bytes | None:
         """Our response body when the request is refused before the app (400, 413, 429)."""
         limit = plan.max_body_size
         if limit is not None:
@@ -500,7 +415,7 @@ class ResilientWSGIMiddleware:
             if verdict is not None:
                 return ex.reject(verdict)
             if declared is None:
-                environ["wsgi.input"] = _LimitedInput(environ.get("wsgi.input"), limit, ex)
+                environ["wsgi.input"] = LimitedInput(environ.get("wsgi.input"), limit, ex)
         limiter = plan.limiter
         if limiter is None:
             return None
@@ -517,7 +432,7 @@ class ResilientWSGIMiddleware:
         emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
         return ex.reject(429, limit_headers)
 
-    def _enter_deadline(self, state: _RequestState, plan: RoutePlan[_SyncGate]) -> bool:
+    def _enter_deadline(self, state: _RequestState, plan: RoutePlan[SyncGate]) -> bool:
         """Publish the request's deadline in its context; False when the budget is already spent."""
         timeout = plan.timeout
         if self.options.honour_deadline_header:
@@ -565,7 +480,7 @@ class ResilientWSGIMiddleware:
         if isinstance(exc, TimeoutError) and ex.deadline_passed():
             emit_rejection(504, ex.route_label)
             return 504
-        if isinstance(exc, _BodyTooLargeError) or ex.body_too_large:
+        if isinstance(exc, BodyTooLargeError) or ex.body_too_large:
             return 413
         ex.rejection = REJECTIONS[500]
         report_unhandled(exc, ex.request_id, ex.span)

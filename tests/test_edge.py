@@ -11,18 +11,16 @@ import pytest
 
 from resilient._edge import (
     ClientResolver,
-    EdgeOptions,
     RateDecision,
-    RouteOptions,
     Router,
     accept_request_id,
-    build_options,
     content_length_verdict,
     effective_timeout,
     error_body,
     new_request_id,
     rate_limit_headers,
 )
+from resilient._edge_options import EdgeOptions, RouteOptions, build_options
 from resilient._edge_telemetry import (
     display_target,
     loggable,
