@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only SUBSTRING] [--json PATH]``."""
+"""``python -m benchmarks [--quick | --instructions] [--only SUBSTRING] [--json PATH]``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks import cases_core, cases_redis, cases_shared, cases_stack, cases_web
-from benchmarks._harness import FULL, QUICK, Case, Runner, print_progress, select
-from benchmarks._report import build_sections, header_line, render, to_json
+from benchmarks._harness import FULL, QUICK, Case, Result, Runner, print_progress, select
+from benchmarks._instructions import VALGRIND_MISSING, InstructionRunner, find_valgrind, method, valgrind_version
+from benchmarks._report import build_sections, header_line, method_header_line, render, to_json
 from benchmarks._support import configure_structlog_filtered, install_otel_sdk
 
 if TYPE_CHECKING:
@@ -32,8 +33,15 @@ def all_cases() -> list[Case]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--quick", action="store_true", help="repeats of ~0.02 s instead of ~0.2 s (CI smoke, under a minute)"
+    )
+    mode.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per call under valgrind's callgrind instead of timing: "
+        "deterministic, slow (two valgrind runs per case, ~10-30 s each)",
     )
     parser.add_argument(
         "--only",
@@ -48,18 +56,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
-    settings = QUICK if args.quick else FULL
+    valgrind = find_valgrind() if args.instructions else None
+    if args.instructions and valgrind is None:
+        print(VALGRIND_MISSING, file=sys.stderr)
+        return 2
     configure_structlog_filtered()
     cases = select(all_cases(), args.only)
     started = time.perf_counter()
-    results = Runner(settings=settings, install_sdk=install_otel_sdk, progress=print_progress).run(cases)
-    header = header_line(command, settings)
+    results, header = measure(cases, command, valgrind, quick=args.quick)
     sections = build_sections(results)
     print(render(sections, header))
     print(f"({len(cases)} cases in {time.perf_counter() - started:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps(to_json(sections, header, command), indent=2) + "\n")
     return 0
+
+
+def measure(cases: Sequence[Case], command: str, valgrind: str | None, *, quick: bool) -> tuple[list[Result], str]:
+    """The results and the table's header: instruction counts with a valgrind, else times."""
+    if valgrind:
+        runner = InstructionRunner(valgrind=valgrind, install_sdk=install_otel_sdk, progress=print_progress)
+        return runner.run(cases), method_header_line(command, method(valgrind_version(valgrind)))
+    settings = QUICK if quick else FULL
+    results = Runner(settings=settings, install_sdk=install_otel_sdk, progress=print_progress).run(cases)
+    return results, header_line(command, settings)
 
 
 if __name__ == "__main__":

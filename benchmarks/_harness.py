@@ -25,6 +25,7 @@ SyncBench = Callable[[], object]
 AsyncBench = Callable[[], Awaitable[object]]
 Setup = Callable[[ExitStack], SyncBench]
 Phase = Literal["plain", "sdk"]
+Unit = Literal["ns", "instr"]  # what `Result.per_call` counts: nanoseconds, or instructions
 
 NS_PER_SECOND = 1_000_000_000
 CALIBRATION_FRACTION = 0.1  # calibrate on runs lasting at least this share of a repeat
@@ -73,13 +74,19 @@ FULL = Settings(target_seconds=0.2, repeats=7)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
-    """What one case gave: a per-call time, or the reason there is none."""
+    """What one case gave: a per-call cost in ``unit``, or the reason there is none."""
 
     case: Case
-    ns_per_call: float | None = None
+    per_call: float | None = None
+    unit: Unit = "ns"
     loops: int = 0
-    samples_ns: tuple[int, ...] = ()
+    samples: tuple[int, ...] = ()  # "ns": each repeat's time; "instr": the totals of the N and 2N runs
     note: str = ""
+
+    @property
+    def ns_per_call(self) -> float | None:
+        """The per-call time; None when there is none or the result counts something else."""
+        return self.per_call if self.unit == "ns" else None
 
 
 @dataclass(slots=True)
@@ -96,7 +103,7 @@ class Timing:
         if self.error:
             return Result(case=self.case, note=self.error)
         median = statistics.median(self.samples)
-        return Result(case=self.case, ns_per_call=median / self.loops, loops=self.loops, samples_ns=tuple(self.samples))
+        return Result(case=self.case, per_call=median / self.loops, loops=self.loops, samples=tuple(self.samples))
 
 
 @dataclass(slots=True)
@@ -185,17 +192,29 @@ def _failed(timing: Timing, exc: Exception) -> None:
 
 
 def describe(result: Result) -> str:
-    if result.ns_per_call is None:
+    if result.per_call is None:
         return result.note
-    return format_duration(result.ns_per_call)
+    return format_value(result.per_call, result.unit)
+
+
+def format_value(value: float, unit: Unit) -> str:
+    return format_duration(value) if unit == "ns" else format_count(value)
 
 
 def format_duration(ns: float) -> str:
     """Three significant figures in the unit that keeps the number readable."""
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.3g} ns"
+    return _three_figures(ns, ((" s", 1e9), (" ms", 1e6), (" µs", 1e3), (" ns", 1.0)))
+
+
+def format_count(instructions: float) -> str:
+    """Three significant figures with a k, M or G suffix: "41.2k instr"."""
+    return _three_figures(instructions, (("G instr", 1e9), ("M instr", 1e6), ("k instr", 1e3), (" instr", 1.0)))
+
+
+def _three_figures(value: float, units: tuple[tuple[str, float], ...]) -> str:
+    rounded = float(f"{value:.3g}")  # 999.7 is shown as "1 µs", not "1e+03 ns"
+    suffix, scale = next(((suffix, scale) for suffix, scale in units if abs(rounded) >= scale), units[-1])
+    return f"{rounded / scale:.3g}{suffix}"
 
 
 def _loops_for(elapsed_ns: int, loops: int, target_ns: int) -> int | None:

@@ -8,13 +8,13 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from benchmarks._harness import Result, Settings, format_duration
+from benchmarks._harness import Result, Settings, format_value
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 NAME_WIDTH = 54
-TIME_WIDTH = 10
+VALUE_WIDTH = 11  # "41.2k instr"
 RATIO_WIDTH = 9
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -24,7 +24,7 @@ class Row:
     """A result with its ratios against the section's baseline and its peers."""
 
     result: Result
-    ratio: float | None  # time / baseline time
+    ratio: float | None  # cost / baseline cost
     overheads: tuple[tuple[str, float | None], ...]  # (peer label, own overhead / peer's)
 
 
@@ -43,19 +43,19 @@ def build_sections(results: Sequence[Result]) -> list[Section]:
 
 def _section(title: str, results: list[Result]) -> Section:
     baseline = next((r for r in results if r.case.baseline), None)
-    base_ns = baseline.ns_per_call if baseline else None
+    base = baseline.per_call if baseline else None
     by_name = {r.case.name: r for r in results}
-    rows = tuple(_row(r, base_ns, by_name) for r in results)
+    rows = tuple(_row(r, base, by_name) for r in results)
     return Section(title=title, baseline=baseline.case.name if baseline else "none", rows=rows)
 
 
-def _row(result: Result, base_ns: float | None, by_name: dict[str, Result]) -> Row:
-    own = result.ns_per_call
-    ratio = own / base_ns if own is not None and base_ns else None
+def _row(result: Result, base: float | None, by_name: dict[str, Result]) -> Row:
+    own = result.per_call
+    ratio = own / base if own is not None and base else None
     overheads = tuple(
         (
             by_name[peer].case.label if peer in by_name else peer,
-            overhead_ratio(own, by_name[peer].ns_per_call if peer in by_name else None, base_ns),
+            overhead_ratio(own, by_name[peer].per_call if peer in by_name else None, base),
         )
         for peer in result.case.peers
     )
@@ -78,11 +78,16 @@ def format_ratio(ratio: float | None) -> str:
 
 
 def header_line(command: str, settings: Settings, *, now: dt.datetime | None = None) -> str:
+    method = f"repeat≈{settings.target_seconds:g} s {TIMES} {settings.repeats}, median"
+    return method_header_line(command, method, now=now)
+
+
+def method_header_line(command: str, method: str, *, now: dt.datetime | None = None) -> str:
+    """When, on what, how the figures were measured, and the command that measured them."""
     when = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"{when} · Python {platform.python_version()} ({platform.python_implementation()}) "
-        f"· os.cpu_count()={os.cpu_count()} · repeat≈{settings.target_seconds:g} s "
-        f"{TIMES} {settings.repeats}, median · `{command}`"
+        f"· os.cpu_count()={os.cpu_count()} · {method} · `{command}`"
     )
 
 
@@ -94,7 +99,7 @@ def render(sections: Sequence[Section], header: str) -> str:
 
 
 def _render_section(section: Section) -> list[str]:
-    columns = f"{'case':<{NAME_WIDTH}} {'per call':>{TIME_WIDTH}} {'vs base':>{RATIO_WIDTH}}"
+    columns = f"{'case':<{NAME_WIDTH}} {'per call':>{VALUE_WIDTH}} {'vs base':>{RATIO_WIDTH}}"
     lines = [f"## {section.title}  (baseline: {section.baseline})", f"{columns}  overhead vs peer"]
     lines.extend(_render_row(row) for row in section.rows)
     lines.append("")
@@ -104,12 +109,12 @@ def _render_section(section: Section) -> list[str]:
 def _render_row(row: Row) -> str:
     result = row.result
     name = result.case.name + (" *" if result.case.baseline else "")
-    if result.ns_per_call is None:
+    if result.per_call is None:
         return f"{name:<{NAME_WIDTH}} {result.note}"
     peers = " · ".join(f"{format_ratio(value)} {label}" for label, value in row.overheads)
-    time_text = format_duration(result.ns_per_call)
+    value_text = format_value(result.per_call, result.unit)
     return (
-        f"{name:<{NAME_WIDTH}} {time_text:>{TIME_WIDTH}} {format_ratio(row.ratio):>{RATIO_WIDTH}}  {peers}"
+        f"{name:<{NAME_WIDTH}} {value_text:>{VALUE_WIDTH}} {format_ratio(row.ratio):>{RATIO_WIDTH}}  {peers}"
     ).rstrip()
 
 
@@ -132,10 +137,11 @@ def _row_json(row: Row) -> dict[str, object]:
     return {
         "name": result.case.name,
         "baseline": result.case.baseline,
-        "ns_per_call": result.ns_per_call,
+        "unit": result.unit,
+        "per_call": result.per_call,
         "note": result.note,
         "loops": result.loops,
-        "samples_ns": list(result.samples_ns),
+        "samples": list(result.samples),
         "ratio_to_baseline": row.ratio,
         "overhead_vs": dict(row.overheads),
     }
