@@ -4,7 +4,8 @@ Order, outer to inner: telemetry, fallback, rate limit, bulkhead, total timeout,
 (+ budget), circuit breaker, attempt timeout, the function. Each layer is one function;
 a layer the policy leaves out costs one `is None` test. Both drivers call the same
 non-blocking decisions on the compiled strategies and differ only in `await`, the sleep,
-the bulkhead wait and the timeout primitive.
+the bulkhead wait and the timeout primitive. The innermost layer, one attempt (circuit
+breaker, attempt timeout), is in `_attempt`.
 
 Each layer has the same signature and hands over to the next *configured* layer through
 a pointer chosen at compile time (`CompiledPolicy.sync_after_admit`, ...), so a layer the
@@ -18,27 +19,23 @@ timing): `None` means "read it yourself", and any wait in between resets it to `
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 
+from resilient._attempt import Args, Kwargs, attempt_sync
 from resilient._breaker import CLOSED, OPEN
 from resilient._clock import CLOCK
-from resilient._errors import DeadlineExceededError
 from resilient._retry import RetryCall, RetryRuntime
-from resilient._timeout import EVENT_EXCEEDED, watchdog_for
+from resilient._timeout import EVENT_EXCEEDED
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB, outcome_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from resilient._breaker import BreakerRuntime
     from resilient._compiled import CompiledPolicy
     from resilient._ratelimit import LimiterRuntime
     from resilient.instrumentation._otel import CallObservation
@@ -46,9 +43,6 @@ if TYPE_CHECKING:
 __all__ = [
     "admit_async",
     "admit_sync",
-    "attempt_async",
-    "attempt_async_shared",
-    "attempt_sync",
     "deadline_async",
     "deadline_sync",
     "retry_async",
@@ -64,9 +58,6 @@ _OTEL = HUB.otel
 _current_deadline = _DEADLINE.get
 _set_deadline = _DEADLINE.set
 _reset_deadline = _DEADLINE.reset
-
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
 
 
 # ---------------------------------------------------------------- telemetry + fallback
@@ -392,203 +383,3 @@ async def retry_async(
         await CLOCK.asleep(delay)
         attempt += 1
         now = None
-
-
-# ---------------------------------------------------------------- breaker + attempt timeout
-
-
-def attempt_sync(
-    cp: CompiledPolicy,
-    label: str,
-    fn: Callable[..., Any],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,
-) -> Any:
-    breaker = cp.breaker
-    if breaker is None and obs is None and not cp.bounded_sync:
-        return fn(*args, **kwargs)
-    # A closed in-process breaker admits without a call; a shared one always asks Redis.
-    probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
-    timed = obs is not None or (breaker is not None and breaker.timed)
-    start = _attempt_start(breaker, now) if timed else 0.0
-    try:
-        result = _bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
-    except Exception as error:
-        if obs is not None:
-            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
-        if breaker is not None:
-            breaker.on_failure(error, probe=probe, label=label)
-        raise
-    except BaseException:
-        if breaker is not None:
-            breaker.on_abandon(probe)
-        raise
-    duration = CLOCK.monotonic() - start if timed else 0.0
-    if obs is not None:
-        obs.attempt_finished(duration, ok=True)
-    if breaker is not None and (probe or breaker.reports_success):
-        breaker.on_success(probe=probe, duration=duration, label=label)
-    return result
-
-
-async def attempt_async(
-    cp: CompiledPolicy,
-    label: str,
-    fn: Callable[..., Awaitable[Any]],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,
-) -> Any:
-    breaker = cp.breaker
-    if breaker is None and obs is None and not cp.bounded_async:
-        return await fn(*args, **kwargs)
-    # A closed in-process breaker admits without a call; a shared one always asks Redis.
-    probe = breaker.acquire(label) if breaker is not None and (breaker.shared or breaker.state is not CLOSED) else False
-    timed = obs is not None or (breaker is not None and breaker.timed)
-    start = _attempt_start(breaker, now) if timed else 0.0
-    try:
-        if cp.bounded_async:
-            result = await _bounded_async(cp, label, fn, args, kwargs)
-        else:
-            result = await fn(*args, **kwargs)
-    except Exception as error:
-        if obs is not None:
-            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
-        if breaker is not None:
-            breaker.on_failure(error, probe=probe, label=label)
-        raise
-    except BaseException:
-        if breaker is not None:
-            breaker.on_abandon(probe)
-        raise
-    duration = CLOCK.monotonic() - start if timed else 0.0
-    if obs is not None:
-        obs.attempt_finished(duration, ok=True)
-    if breaker is not None and (probe or breaker.reports_success):
-        breaker.on_success(probe=probe, duration=duration, label=label)
-    return result
-
-
-async def attempt_async_shared(
-    cp: CompiledPolicy,
-    label: str,
-    fn: Callable[..., Awaitable[Any]],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,  # noqa: ARG001 - stale after the Redis round trip below
-) -> Any:
-    """`attempt_async` for a breaker kept in Redis: its decisions are awaited (redis.asyncio)."""
-    breaker: BreakerRuntime = cp.breaker  # type: ignore[assignment]
-    probe = await breaker.aacquire(label)  # always: another process may have opened it
-    timed = obs is not None or breaker.timed
-    start = CLOCK.monotonic() if timed else 0.0
-    try:
-        if cp.bounded_async:
-            result = await _bounded_async(cp, label, fn, args, kwargs)
-        else:
-            result = await fn(*args, **kwargs)
-    except Exception as error:
-        if obs is not None:
-            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
-        await breaker.aon_failure(error, probe=probe, label=label)
-        raise
-    except BaseException:
-        await breaker.aon_abandon(probe)
-        raise
-    duration = CLOCK.monotonic() - start if timed else 0.0
-    if obs is not None:
-        obs.attempt_finished(duration, ok=True)
-    if probe or breaker.reports_success:
-        await breaker.aon_success(probe=probe, duration=duration, label=label)
-    return result
-
-
-def _attempt_start(breaker: BreakerRuntime | None, now: float | None) -> float:
-    """The attempt's start: the reading handed down, unless a Redis round trip made it stale."""
-    if now is None or (breaker is not None and breaker.shared):
-        return CLOCK.monotonic()
-    return now
-
-
-def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | None, str, float]:
-    """(instant the attempt must end by, which limit that is, the limit in seconds)."""
-    now = CLOCK.monotonic()
-    limit = cp.attempt_timeout
-    own = now + limit if limit is not None else None
-    if deadline is not None and (own is None or deadline <= own):
-        scope = "total" if cp.total_timeout is not None else "inherited"
-        return deadline, scope, cp.total_timeout or max(deadline - now, 0.0)
-    return own, "attempt", limit or 0.0
-
-
-def _bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
-    deadline = _current_deadline()
-    end, scope, seconds = _attempt_bound(cp, deadline)
-    if end is None:
-        return fn(*args, **kwargs)
-    token = _set_deadline(end) if end != deadline else None
-    try:
-        if cp.runner is None:
-            result = fn(*args, **kwargs)
-            if CLOCK.monotonic() > end:  # cooperative: report the overrun, keep the result
-                HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=False)
-            return result
-        remaining = end - CLOCK.monotonic()
-        if remaining <= 0:
-            raise _exceeded(label, scope, seconds)
-        try:
-            return cp.runner.run(partial(fn, *args, **kwargs), remaining)
-        except FutureTimeout:
-            raise _exceeded(label, scope, seconds) from None
-    finally:
-        if token is not None:
-            _reset_deadline(token)
-
-
-async def _bounded_async(
-    cp: CompiledPolicy,
-    label: str,
-    fn: Callable[..., Awaitable[Any]],
-    args: Args,
-    kwargs: Kwargs,
-) -> Any:
-    deadline = _current_deadline()
-    end, scope, seconds = _attempt_bound(cp, deadline)
-    if end is None:
-        return await fn(*args, **kwargs)
-    remaining = end - CLOCK.monotonic()
-    if remaining <= 0:
-        raise _exceeded(label, scope, seconds)
-    token = _set_deadline(end) if end != deadline else None
-    # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
-    # else's by the task's cancel count), armed on the loop's shared watchdog.
-    task = asyncio.current_task()
-    if task is None:  # not inside a task (a bare coroutine driven by hand): no cancellation
-        return await fn(*args, **kwargs)
-    loop = asyncio.get_running_loop()
-    cancelling = task.cancelling()
-    watchdog = watchdog_for(loop)
-    watch = watchdog.arm(task, loop.time() + remaining)
-    try:
-        return await fn(*args, **kwargs)
-    except asyncio.CancelledError:
-        if watch.fired:
-            watch.fired = False
-            if task.uncancel() <= cancelling:
-                raise _exceeded(label, scope, seconds) from None
-        raise
-    finally:
-        watchdog.disarm(watch)
-        if watch.fired:  # we cancelled, but the call swallowed it: withdraw our cancel request
-            task.uncancel()
-        if token is not None:
-            _reset_deadline(token)
-
-
-def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:
-    HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=True)
-    return DeadlineExceededError(seconds, scope=scope, policy=label)
