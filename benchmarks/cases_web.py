@@ -149,6 +149,27 @@ def span_floor_middleware() -> Any:
     return SpanFloorMiddleware
 
 
+class LogLineMiddleware:
+    """One line per request through the app's structlog pipeline, with no field but the
+    event name: what any access log written through that pipeline costs at the least.
+
+    A yardstick, as `SpanFloorMiddleware` is. The pipeline is the benchmark's own
+    (`benchmarks._support.configure_structlog_filtered`: timestamp, JSON, one write a line).
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.logger = peer("structlog").get_logger("benchmarks.access")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        await self.app(scope, receive, send)
+        self.logger.info("http.access")
+
+
+def log_line_middleware() -> Any:
+    return LogLineMiddleware
+
+
 ASGI_COMBO = "asgi-correlation-id + slowapi + OTel ASGI"
 ASGI_PEERS = (ASGI_COMBO, "+ slowapi (ASGI middleware)", "+ OTel OpenTelemetryMiddleware")
 
@@ -169,6 +190,7 @@ def asgi_cases() -> list[Case]:
             [(resilient_middleware, {**RESILIENT_ASGI_OPTIONS, "access_log": False})],
             ASGI_PEERS,
         ),
+        ("floor: one app log line per request, by hand", "", [(log_line_middleware, {})], ()),
         ("+ slowapi (ASGI middleware)", "slowapi", [(slowapi_middleware, {})], ()),
         ("+ OTel OpenTelemetryMiddleware", "OTel", [(otel_middleware, {})], ()),
         (ASGI_COMBO, "combo", [(correlation_id_middleware, {}), (slowapi_middleware, {}), (otel_middleware, {})], ()),
@@ -278,11 +300,18 @@ def httpx_setup(
     return setup
 
 
-def span_floor_transport(is_async: bool) -> Callable[[Any], Any]:
+def span_floor_transport(is_async: bool, *, histogram: bool = False) -> Callable[[Any], Any]:
     """The least a tracing transport can do: one SDK CLIENT span with the attributes the HTTP
     semantic conventions require (method, URL, server address and port; the status at the
-    end) and the ``traceparent`` header. A yardstick, as `SpanFloorMiddleware` is."""
+    end) and the ``traceparent`` header. A yardstick, as `SpanFloorMiddleware` is. With
+    `histogram`, also one duration point per request, as the OpenTelemetry instrumentation
+    records (``http.client.request.duration``)."""
     httpx = peer("httpx")
+    durations = (
+        peer("opentelemetry.metrics").get_meter("benchmarks").create_histogram("http.client.request.duration", "s")
+        if histogram
+        else None
+    )
     trace, context, propagate = (
         peer("opentelemetry.trace"),
         peer("opentelemetry.context"),
@@ -303,10 +332,13 @@ def span_floor_transport(is_async: bool) -> Callable[[Any], Any]:
         propagate.inject(request.headers, context=current)
         return span, context.attach(current)
 
-    def end(span: Any, token: Any, response: Any) -> Any:
+    def end(span: Any, token: Any, request: Any, response: Any) -> Any:
         context.detach(token)
         span.set_attribute("http.response.status_code", response.status_code)
         span.end()
+        if durations is not None:
+            started, ended = span.start_time, span.end_time  # the span's own clock readings
+            durations.record((ended - started) / 1e9, {"http.request.method": request.method})
         return response
 
     class Floor(httpx.BaseTransport):  # type: ignore[misc,name-defined]
@@ -315,7 +347,7 @@ def span_floor_transport(is_async: bool) -> Callable[[Any], Any]:
 
         def handle_request(self, request: Any) -> Any:
             span, token = start(request)
-            return end(span, token, self.inner.handle_request(request))
+            return end(span, token, request, self.inner.handle_request(request))
 
     class AsyncFloor(httpx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
         def __init__(self, inner: Any) -> None:
@@ -323,7 +355,7 @@ def span_floor_transport(is_async: bool) -> Callable[[Any], Any]:
 
         async def handle_async_request(self, request: Any) -> Any:
             span, token = start(request)
-            return end(span, token, await self.inner.handle_async_request(request))
+            return end(span, token, request, await self.inner.handle_async_request(request))
 
     return AsyncFloor if is_async else Floor
 
@@ -372,6 +404,18 @@ def httpx_cases() -> list[Case]:
                         is_async=is_async,
                         phase=phase,
                         setup=httpx_setup(span_floor_transport, is_async=is_async, instrument=False),
+                    )
+                )
+                cases.append(
+                    Case(
+                        section=section,
+                        name="floor + a duration histogram, by hand",
+                        peers=(HTTPX_COMBO,),
+                        is_async=is_async,
+                        phase=phase,
+                        setup=httpx_setup(
+                            lambda a: span_floor_transport(a, histogram=True), is_async=is_async, instrument=False
+                        ),
                     )
                 )
     return cases
