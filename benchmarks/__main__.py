@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --instructions] [--only SUBSTRING] [--json PATH]``."""
+"""``python -m benchmarks [--quick | --instructions [--seeds K]] [--only SUBSTRING] [--json PATH]``."""
 
 from __future__ import annotations
 
@@ -44,13 +44,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "deterministic, slow (two valgrind runs per case, ~10-30 s each)",
     )
     parser.add_argument(
+        "--seeds",
+        metavar="K",
+        type=positive_int,
+        default=1,
+        help="with --instructions: count each case under hash seeds 0..K-1 and report the mean "
+        "(small ratios depend on the heap layout; K times slower)",
+    )
+    parser.add_argument(
         "--only",
         metavar="SUBSTRING",
         help="run the cases whose section or name contains SUBSTRING "
         "(with their section's baseline and the peers they cite)",
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write results as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seeds != 1 and not args.instructions:
+        parser.error("--seeds applies to --instructions only")
+    return args
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_structlog_filtered()
     cases = select(all_cases(), args.only)
     started = time.perf_counter()
-    results, header = measure(cases, command, valgrind, quick=args.quick)
+    results, header = measure(cases, command, valgrind, quick=args.quick, seeds=args.seeds)
     sections = build_sections(results)
     print(render(sections, header))
     print(f"({len(cases)} cases in {time.perf_counter() - started:.1f} s)")
@@ -72,11 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def measure(cases: Sequence[Case], command: str, valgrind: str | None, *, quick: bool) -> tuple[list[Result], str]:
+def measure(
+    cases: Sequence[Case], command: str, valgrind: str | None, *, quick: bool, seeds: int
+) -> tuple[list[Result], str]:
     """The results and the table's header: instruction counts with a valgrind, else times."""
     if valgrind:
-        runner = InstructionRunner(valgrind=valgrind, install_sdk=install_otel_sdk, progress=print_progress)
-        return runner.run(cases), method_header_line(command, method(valgrind_version(valgrind)))
+        runner = InstructionRunner(
+            valgrind=valgrind, install_sdk=install_otel_sdk, progress=print_progress, seeds=seeds
+        )
+        return runner.run(cases), method_header_line(command, method(valgrind_version(valgrind), seeds))
     settings = QUICK if quick else FULL
     results = Runner(settings=settings, install_sdk=install_otel_sdk, progress=print_progress).run(cases)
     return results, header_line(command, settings)

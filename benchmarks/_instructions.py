@@ -10,13 +10,16 @@ of one call, the first N calls of the longer run serving as its warm-up:
 
 How far the counts repeat: with hashes and `random` fixed, the same case and N counted
 twice in a row gives the same figure to within an instruction or so. Runs minutes apart
-differ more: the per-call figure of an httpx request (~600k) has moved by up to ~0.3%,
-as the processes' start-up, hence their heap layout, is not quite the same from one run
-to the next (the two runs of one pair, started together, see the same). An overhead of a
-few percent of the request is thus known to a few percent, and a ratio of two overheads
-of ~10k instructions each (resilient against httpx-retries) to ~10%: far steadier than
-wall-clock medians, not exact. Larger N would not help with that; it only dilutes what
-differs between the two processes of a pair, small already. N is the loop count the
+differ more: the per-call figure of an httpx request (~600k) has moved by up to ~0.3%.
+The counts depend on the heap layout: CPython's type attribute cache is indexed by the
+addresses of attribute-name strings, so which lookups miss it (and walk the MRO) changes
+with where objects land, and that changes with the hash seed and with any edit to the code
+measured. One layout can favour one case by ~2k instructions a request: a ratio of two
+overheads of ~10k each (resilient against httpx-retries) moved between 1.5x and 2.2x over
+five hash seeds. ``--seeds K`` therefore counts each case under hash seeds 0..K-1 and
+reports the mean per call, so no single layout decides a small ratio; large overheads
+hold to about 1% with one seed. Larger N would not help: it only dilutes what differs
+between the two processes of a pair, small already. N is the loop count the
 timing runner would pick for a 25 ms repeat, found by timing every case in this process
 first, kept within 300..20,000 (~300 for an httpx request, 20,000 for a bare call), and
 to calls lasting ~1 s natively in all: section 8's runs mostly sleep, which valgrind does
@@ -67,10 +70,11 @@ def valgrind_version(valgrind: str) -> str:
     return completed.stdout.strip() or "valgrind"
 
 
-def method(version: str) -> str:
+def method(version: str, seeds: int = 1) -> str:
     """What the table header says about how its figures were obtained."""
+    layouts = "hash seed 0" if seeds == 1 else f"mean over hash seeds 0..{seeds - 1}"
     return (
-        f"instructions per call ({version} --tool=callgrind, (I(2N)-I(N))/N, "
+        f"instructions per call ({version} --tool=callgrind, (I(2N)-I(N))/N, {layouts}, "
         f"N = calls of a {PROBE.target_seconds * 1000:g} ms repeat, {MIN_LOOPS}..{MAX_LOOPS:,}, "
         f"fewer if {MIN_LOOPS} last over {MAX_NATIVE_NS / 1e9:g} s)"
     )
@@ -87,6 +91,11 @@ def loops_for(probe: Result) -> int:
 def per_call(short_total: int, long_total: int, loops: int) -> float:
     """Instructions of one call: the 2N-call run's total less the N-call run's, over N."""
     return (long_total - short_total) / loops
+
+
+def mean_per_call(pairs: Sequence[tuple[int, int]], loops: int) -> float:
+    """The mean of `per_call` over the (N-call, 2N-call) totals of each hash seed."""
+    return sum(per_call(short, long, loops) for short, long in pairs) / len(pairs)
 
 
 def read_total(text: str, event: str = EVENT) -> int:
@@ -123,9 +132,9 @@ def child_command(valgrind: str, out_file: Path, case: Case, loops: int) -> list
     ]
 
 
-def child_environment() -> dict[str, str]:
-    """Same hashes in every run; no bytecode written, so no run compiles what another just cached."""
-    return {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+def child_environment(seed: int) -> dict[str, str]:
+    """Hashes fixed by `seed`; no bytecode written, so no run compiles what another just cached."""
+    return {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +146,7 @@ class Child:
     err_file: Path
 
     @classmethod
-    def start(cls, valgrind: str, case: Case, loops: int, directory: Path) -> Child:
+    def start(cls, valgrind: str, case: Case, loops: int, directory: Path, seed: int) -> Child:
         out_file, err_file = directory / f"callgrind.{loops}.out", directory / f"stderr.{loops}.txt"
         with err_file.open("wb") as err:
             process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
@@ -145,7 +154,7 @@ class Child:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=ROOT,
-                env=child_environment(),
+                env=child_environment(seed),
             )
         return cls(process=process, out_file=out_file, err_file=err_file)
 
@@ -162,10 +171,10 @@ class Child:
             self.process.wait()
 
 
-def count_pair(valgrind: str, case: Case, loops: int) -> tuple[int, int]:
-    """The totals of the N-call and 2N-call runs, run side by side."""
+def count_pair(valgrind: str, case: Case, loops: int, seed: int) -> tuple[int, int]:
+    """The totals of the N-call and 2N-call runs under hash seed `seed`, run side by side."""
     with tempfile.TemporaryDirectory(prefix="benchmarks-callgrind-") as directory:
-        children = [Child.start(valgrind, case, n, Path(directory)) for n in (loops, 2 * loops)]
+        children = [Child.start(valgrind, case, n, Path(directory), seed) for n in (loops, 2 * loops)]
         try:
             return children[0].total(), children[1].total()
         finally:
@@ -173,21 +182,22 @@ def count_pair(valgrind: str, case: Case, loops: int) -> tuple[int, int]:
                 child.stop()
 
 
-def count(valgrind: str, probe: Result) -> Result:
-    """The case's instructions per call, or the probe's row when the case could not run."""
+def count(valgrind: str, probe: Result, seeds: int = 1) -> Result:
+    """The case's instructions per call (the mean over `seeds` hash seeds), or the probe's row
+    when the case could not run."""
     if probe.per_call is None:
         return probe
     loops = loops_for(probe)
     try:
-        short_total, long_total = count_pair(valgrind, probe.case, loops)
+        pairs = [count_pair(valgrind, probe.case, loops, seed) for seed in range(seeds)]
     except CountError as exc:
         return Result(case=probe.case, note=f"error ({exc})")
     return Result(
         case=probe.case,
-        per_call=per_call(short_total, long_total, loops),
+        per_call=mean_per_call(pairs, loops),
         unit="instr",
         loops=loops,
-        samples=(short_total, long_total),
+        samples=tuple(total for pair in pairs for total in pair),
     )
 
 
@@ -198,6 +208,7 @@ class InstructionRunner:
     valgrind: str
     install_sdk: Callable[[], None]
     progress: Callable[[str], None] = field(default=lambda _line: None)
+    seeds: int = 1  # hash seeds each case is counted under (see the module docstring)
 
     def run(self, cases: Sequence[Case]) -> list[Result]:
         self.progress(f"timing {len(cases)} cases for ~{PROBE.target_seconds * 1000:g} ms each to choose N")
@@ -206,7 +217,7 @@ class InstructionRunner:
 
     def _count(self, probe: Result, index: int, total: int) -> Result:
         started = time.perf_counter()
-        result = count(self.valgrind, probe)
+        result = count(self.valgrind, probe, self.seeds)
         took = f" (N={result.loops}, {time.perf_counter() - started:.1f} s)" if result.per_call is not None else ""
         self.progress(f"[{index}/{total}] {result.case.section} | {result.case.name}: {describe(result)}{took}")
         return result

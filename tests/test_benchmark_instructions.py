@@ -21,7 +21,16 @@ if str(ROOT) not in sys.path:  # benchmarks/ lives beside tests/ and is not inst
 
 from benchmarks.__main__ import main  # noqa: E402
 from benchmarks._harness import Case, Result, SyncBench  # noqa: E402
-from benchmarks._instructions import MAX_LOOPS, MIN_LOOPS, CountError, loops_for, method, per_call, read_total  # noqa: E402
+from benchmarks._instructions import (  # noqa: E402
+    MAX_LOOPS,
+    MIN_LOOPS,
+    CountError,
+    loops_for,
+    mean_per_call,
+    method,
+    per_call,
+    read_total,
+)
 from benchmarks._report import TIMES, build_sections, method_header_line, render  # noqa: E402
 
 # The shape callgrind 3.19 writes with --dump-instr=no, with a cache simulation's extra columns.
@@ -72,6 +81,25 @@ def test_per_call_is_the_difference_of_the_two_runs_over_n() -> None:
     """Start-up, imports and setup are in both totals and cancel; N calls remain."""
     start_up = 450_000_000
     assert per_call(start_up + 300 * 620_000, start_up + 600 * 620_000, 300) == 620_000
+
+
+def test_seeds_average_the_per_call_counts_of_their_layouts() -> None:
+    """One pair of runs per hash seed; the figure is the mean of their per-call counts."""
+    start_up = 450_000_000
+    pairs = [(start_up + 300 * 18_000, start_up + 600 * 18_000), (start_up + 300 * 20_000, start_up + 600 * 20_000)]
+    assert mean_per_call(pairs, 300) == 19_000
+    assert "mean over hash seeds 0..4" in method("valgrind-3.19.0", 5)
+    assert "hash seed 0," in method("valgrind-3.19.0")
+
+
+def test_seeds_must_be_positive_and_go_with_instructions(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--instructions", "--seeds", "0"], ["--seeds", "3"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+    errors = capsys.readouterr().err
+    assert "must be at least 1, got 0" in errors
+    assert "--seeds applies to --instructions only" in errors
 
 
 def test_n_is_the_probe_loop_count_within_bounds() -> None:
