@@ -123,9 +123,11 @@ class SpanFloorMiddleware:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
         self.tracer = sdk_tracer()
+        # Found once, not per request: the floor must not pay for our lookups.
+        self.trace, self.context = peer("opentelemetry.trace"), peer("opentelemetry.context")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        trace, context = peer("opentelemetry.trace"), peer("opentelemetry.context")
+        trace, context = self.trace, self.context
         attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "url.scheme": scope["scheme"]}
         span = self.tracer.start_span(scope["method"], kind=trace.SpanKind.SERVER, attributes=attributes)
         token = context.attach(trace.set_span_in_context(span))
@@ -361,6 +363,11 @@ def span_floor_transport(is_async: bool, *, histogram: bool = False) -> Callable
 
 
 HTTPX_COMBO = "httpx-retries + OTel instrument_client"
+#: The yardstick rows of section 10 with an SDK: (name, transport wrapper).
+HTTPX_FLOORS: tuple[tuple[str, Callable[[bool], Callable[[Any], Any]]], ...] = (
+    ("floor: bare SDK CLIENT span, by hand", span_floor_transport),
+    ("floor + a duration histogram, by hand", functools.partial(span_floor_transport, histogram=True)),
+)
 
 
 def httpx_cases() -> list[Case]:
@@ -396,28 +403,17 @@ def httpx_cases() -> list[Case]:
                 for name, tag, wrap, instrument, peers in variants
             ]
             if phase == "sdk":
-                cases.append(
+                cases += [
                     Case(
                         section=section,
-                        name="floor: bare SDK CLIENT span, by hand",
+                        name=name,
                         peers=(HTTPX_COMBO,),
                         is_async=is_async,
                         phase=phase,
-                        setup=httpx_setup(span_floor_transport, is_async=is_async, instrument=False),
+                        setup=httpx_setup(wrap, is_async=is_async, instrument=False),
                     )
-                )
-                cases.append(
-                    Case(
-                        section=section,
-                        name="floor + a duration histogram, by hand",
-                        peers=(HTTPX_COMBO,),
-                        is_async=is_async,
-                        phase=phase,
-                        setup=httpx_setup(
-                            lambda a: span_floor_transport(a, histogram=True), is_async=is_async, instrument=False
-                        ),
-                    )
-                )
+                    for name, wrap in HTTPX_FLOORS
+                ]
     return cases
 
 
