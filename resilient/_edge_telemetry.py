@@ -19,11 +19,12 @@ from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, format_span_id, format_trace_id
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from resilient._context import REQUEST_ID
 from resilient.instrumentation._hub import HUB
+from resilient.logging import _add_span_ids
 from resilient.redaction import redact_text, redact_url
 
 #: Log fields longer than this are cut: a 64 KiB path must not make a 64 KiB log line.
@@ -321,11 +322,7 @@ def log_access(level: int, fields: dict[str, Any], span: Span | None) -> None:
     if span is None:  # an outer middleware's span may be current: the logger looks it up
         HUB.logger.log(level, EVENT_ACCESS, fields)
         return
-    span_context = span.get_span_context()
-    if span_context.is_valid:
-        fields["trace_id"] = format_trace_id(span_context.trace_id)
-        fields["span_id"] = format_span_id(span_context.span_id)
-    HUB.logger.log_joined(level, EVENT_ACCESS, fields)  # the request id is in `fields` already
+    HUB.logger.log_joined(level, EVENT_ACCESS, _add_span_ids(fields, span))  # the request id is in `fields` already
 
 
 # A service sees the same few user agents over and over, and the scan costs 1-2 µs.

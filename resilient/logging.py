@@ -37,7 +37,12 @@ def add_trace_context(_logger: WrappedLogger, _method_name: str, event_dict: Eve
     traces join on them. Outside a valid span context, or with no SDK installed, nothing is
     added.
     """
-    span_context = trace.get_current_span().get_span_context()
+    return _add_span_ids(event_dict, trace.get_current_span())
+
+
+def _add_span_ids(event_dict: EventDict, span: trace.Span) -> EventDict:
+    """`add_trace_context` for a given span rather than the current one (the middleware's own)."""
+    span_context = span.get_span_context()
     if span_context.is_valid:
         event_dict["trace_id"] = trace.format_trace_id(span_context.trace_id)
         event_dict["span_id"] = trace.format_span_id(span_context.span_id)

@@ -17,7 +17,7 @@ from resilient.logging import add_request_id, add_trace_context
 from resilient.redaction import redact_value
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Mapping, MutableMapping
 
 __all__ = ["LOGGER_NAME", "EventLogger"]
 
@@ -147,7 +147,7 @@ class EventLogger:
         else:
             self._fallback.log(level, name, **fields)
 
-    def log_joined(self, level: int, name: str, fields: dict[str, Any]) -> None:
+    def log_joined(self, level: int, name: str, fields: Mapping[str, Any]) -> None:
         """`log` for fields that carry the request and trace ids already (the access line)."""
         if _STRUCTLOG.is_configured:
             self._app.bind().log(level, name, **fields)
