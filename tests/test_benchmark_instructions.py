@@ -15,13 +15,9 @@ import pytest
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ lives beside tests/ and is not installed
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.__main__ import main  # noqa: E402
-from benchmarks._harness import Case, Result, SyncBench  # noqa: E402
-from benchmarks._instructions import (  # noqa: E402
+from benchmarks.__main__ import main
+from benchmarks._harness import Case, Result, SyncBench
+from benchmarks._instructions import (
     MAX_LOOPS,
     MIN_LOOPS,
     CountError,
@@ -31,7 +27,9 @@ from benchmarks._instructions import (  # noqa: E402
     per_call,
     read_total,
 )
-from benchmarks._report import TIMES, build_sections, method_header_line, render  # noqa: E402
+from benchmarks._report import TIMES, build_sections, method_header_line, render
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The shape callgrind 3.19 writes with --dump-instr=no, with a cache simulation's extra columns.
 CALLGRIND_OUT = """\

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,11 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ lives beside tests/ and is not installed
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._harness import (  # noqa: E402
+from benchmarks._harness import (
     Case,
     Result,
     Runner,
@@ -24,7 +18,7 @@ from benchmarks._harness import (  # noqa: E402
     UnavailableError,
     batches,
 )
-from benchmarks._report import build_sections, format_ratio, overhead_ratio, render  # noqa: E402
+from benchmarks._report import build_sections, format_ratio, overhead_ratio, render
 
 TINY = Settings(target_seconds=0.001, repeats=3, warmups=0)
 SECTION = "smoke"
