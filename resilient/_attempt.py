@@ -3,7 +3,9 @@
 The innermost layer of `_pipeline`'s chain, with the same signature as every layer there:
 the retry layer calls it once per attempt (without retry, the layer before it does, through
 `CompiledPolicy.sync_after_deadline` / `async_after_deadline`). `now` is the clock reading
-handed down, `None` when it must be read again.
+handed down, `None` when it must be read again. When the attempt layer would only pass a
+failure on to a quiet breaker, the retry layer skips it and calls `bounded_sync` /
+`bounded_async` (or the function) itself.
 
 An attempt is bounded by the tighter of the attempt timeout and the deadline in force; the
 bound is published in the deadline context variable while the attempt runs, so calls made
@@ -36,6 +38,8 @@ __all__ = [
     "attempt_async",
     "attempt_async_shared",
     "attempt_sync",
+    "bounded_async",
+    "bounded_sync",
 ]
 
 #: The deadline variable's methods, bound once: Python 3.11 calls a method of an imported
@@ -65,7 +69,7 @@ def attempt_sync(
     timed = obs is not None or (breaker is not None and breaker.timed)
     start = _attempt_start(breaker, now) if timed else 0.0
     try:
-        result = _bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
+        result = bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
     except Exception as error:
         if obs is not None:
             obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
@@ -102,7 +106,7 @@ async def attempt_async(
     start = _attempt_start(breaker, now) if timed else 0.0
     try:
         if cp.bounded_async:
-            result = await _bounded_async(cp, label, fn, args, kwargs)
+            result = await bounded_async(cp, label, fn, args, kwargs)
         else:
             result = await fn(*args, **kwargs)
     except Exception as error:
@@ -139,7 +143,7 @@ async def attempt_async_shared(
     start = CLOCK.monotonic() if timed else 0.0
     try:
         if cp.bounded_async:
-            result = await _bounded_async(cp, label, fn, args, kwargs)
+            result = await bounded_async(cp, label, fn, args, kwargs)
         else:
             result = await fn(*args, **kwargs)
     except Exception as error:
@@ -165,62 +169,72 @@ def _attempt_start(breaker: BreakerRuntime | None, now: float | None) -> float:
     return now
 
 
-def _attempt_bound(cp: CompiledPolicy, deadline: float | None) -> tuple[float | None, str, float]:
-    """(instant the attempt must end by, which limit that is, the limit in seconds)."""
-    now = CLOCK.monotonic()
+def _attempt_end(cp: CompiledPolicy, deadline: float | None, now: float) -> float | None:
+    """The instant the attempt must end by: the tighter of its own timeout and the deadline."""
     limit = cp.attempt_timeout
-    own = now + limit if limit is not None else None
-    if deadline is not None and (own is None or deadline <= own):
-        scope = "total" if cp.total_timeout is not None else "inherited"
-        return deadline, scope, cp.total_timeout or max(deadline - now, 0.0)
-    return own, "attempt", limit or 0.0
+    if limit is None:
+        return deadline
+    own = now + limit
+    return deadline if deadline is not None and deadline <= own else own
 
 
-def _bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+def _exceeded_limit(cp: CompiledPolicy, deadline: float | None, end: float, now: float) -> tuple[str, float]:
+    """Which limit `end` is (scope) and that limit in seconds; worked out only once it is exceeded."""
+    if end is deadline:  # the deadline won (`_attempt_end` hands back that very object)
+        return ("total" if cp.total_timeout is not None else "inherited"), cp.total_timeout or max(end - now, 0.0)
+    return "attempt", cp.attempt_timeout or 0.0
+
+
+def bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+    """Call `fn` within the attempt's bound: cooperative, or in the thread runner."""
     deadline = _current_deadline()
-    end, scope, seconds = _attempt_bound(cp, deadline)
+    now = CLOCK.monotonic()
+    end = _attempt_end(cp, deadline, now)
     if end is None:
         return fn(*args, **kwargs)
-    token = _set_deadline(end) if end != deadline else None
+    token = _set_deadline(end) if end is not deadline else None
     try:
         if cp.runner is None:
             result = fn(*args, **kwargs)
             if CLOCK.monotonic() > end:  # cooperative: report the overrun, keep the result
+                scope, seconds = _exceeded_limit(cp, deadline, end, now)
                 HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=False)
             return result
         remaining = end - CLOCK.monotonic()
         if remaining <= 0:
-            raise _exceeded(label, scope, seconds)
+            raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now))
         try:
             return cp.runner.run(partial(fn, *args, **kwargs), remaining)
         except FutureTimeout:
-            raise _exceeded(label, scope, seconds) from None
+            raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now)) from None
     finally:
         if token is not None:
             _reset_deadline(token)
 
 
-async def _bounded_async(
+async def bounded_async(
     cp: CompiledPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
     kwargs: Kwargs,
 ) -> Any:
+    """Await `fn` within the attempt's bound: the task is cancelled when it runs out."""
     deadline = _current_deadline()
-    end, scope, seconds = _attempt_bound(cp, deadline)
+    now = CLOCK.monotonic()
+    end = _attempt_end(cp, deadline, now)
     if end is None:
         return await fn(*args, **kwargs)
-    remaining = end - CLOCK.monotonic()
+    remaining = end - now
     if remaining <= 0:
-        raise _exceeded(label, scope, seconds)
-    token = _set_deadline(end) if end != deadline else None
+        raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now))
+    token = _set_deadline(end) if end is not deadline else None
     # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
     # else's by the task's cancel count), armed on the loop's shared watchdog.
-    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)  # given the loop: Python 3.11's current_task would look it up again
     if task is None:  # not inside a task (a bare coroutine driven by hand): no cancellation
         return await fn(*args, **kwargs)
-    loop = asyncio.get_running_loop()
     cancelling = task.cancelling()
     watchdog = watchdog_for(loop)
     watch = watchdog.arm(task, loop.time() + remaining)
@@ -230,7 +244,7 @@ async def _bounded_async(
         if watch.fired:
             watch.fired = False
             if task.uncancel() <= cancelling:
-                raise _exceeded(label, scope, seconds) from None
+                raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now)) from None
         raise
     finally:
         watchdog.disarm(watch)

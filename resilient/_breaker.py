@@ -176,6 +176,11 @@ class BreakerRuntime:
 
     #: True when the state lives in Redis: async drivers then await the `a...` twins.
     shared = False
+    #: True while an attempt needs nothing from this breaker but to hear of a failure:
+    #: closed, in process, untimed, no success to record. The retry layer then calls the
+    #: function itself and reports a failure with `on_failure` (one call fewer per attempt).
+    #: Kept current by `_refresh_quiet` wherever the state or `reports_success` changes.
+    quiet = False
 
     def __new__(cls, config: CircuitBreaker) -> BreakerRuntime:  # noqa: PYI034 - picks a subclass
         if cls is BreakerRuntime and config.pybreaker is None and _is_shared(config):
@@ -204,18 +209,22 @@ class BreakerRuntime:
         self._slow = config.slow_call_duration
         self.timed = self._slow is not None
         self._failures = 0
+        # Join the stored state instead of overwriting it (pybreaker#26).
+        self.state: str = _STATES.get(self._pb.current_state, CLOSED)
+        self._opened_at = self._opened_monotonic()
         #: False while a success needs no bookkeeping (closed, no failures counted, nothing
         #: listening): the pipeline then skips `on_success` entirely.
         self.reports_success = True
         self._refresh_reports()
-        # Join the stored state instead of overwriting it (pybreaker#26).
-        self.state: str = _STATES.get(self._pb.current_state, CLOSED)
-        self._opened_at = self._opened_monotonic()
 
     def _refresh_reports(self) -> None:
         self.reports_success = (
             self._window is not None or self._slow is not None or bool(self._pb._listeners) or self._failures > 0
         )
+        self._refresh_quiet()
+
+    def _refresh_quiet(self) -> None:
+        self.quiet = self.state is CLOSED and not (self.reports_success or self.timed or self.shared)
 
     def _opened_monotonic(self) -> float:
         opened = self._storage.opened_at
@@ -320,7 +329,7 @@ class BreakerRuntime:
             tripped = window.calls >= self.config.minimum_calls and window.failures >= self._rate * window.calls
         else:
             self._failures += 1
-            self.reports_success = True
+            self.reports_success, self.quiet = True, False
             tripped = self._failures >= self._pb.fail_max
         return self._move_needs_lock(OPEN, now) if tripped else None
 
@@ -342,6 +351,7 @@ class BreakerRuntime:
             self._probes = 0
         storage.state = new
         self.state = new
+        self._refresh_quiet()
         old_object = self._pb._state
         # notify=False: pybreaker would call listeners under its lock; we do it after ours.
         new_object = self._pb._create_new_state(new, prev_state=old_object, notify=False)
@@ -381,6 +391,7 @@ class BreakerRuntime:
             self._failures = 0
             self._probes = 0
             self._storage.reset_counter()
+            self._refresh_reports()
         if transition is not None:
             self._notify(transition, self.name)
 

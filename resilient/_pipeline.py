@@ -9,8 +9,10 @@ breaker, attempt timeout), is in `_attempt`.
 
 Each layer has the same signature and hands over to the next *configured* layer through
 a pointer chosen at compile time (`CompiledPolicy.sync_after_admit`, ...), so a layer the
-policy leaves out costs nothing, not even a function call. The retry layer always calls
-the attempt layer; the deadline is read from its context variable where it is needed.
+policy leaves out costs nothing, not even a function call. The retry layer calls the
+attempt layer unless that has nothing to do but hear of a failure (no attempt timeout, no
+telemetry, a quiet breaker or none); the deadline is read from its context variable where
+it is needed.
 
 A layer that read the clock hands the reading on (`now`), so one call reads the clock
 once where it would read it up to four times (rate limit, deadline, retry budget, attempt
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 
-from resilient._attempt import Args, Kwargs, attempt_sync
+from resilient._attempt import Args, Kwargs, attempt_sync, bounded_async, bounded_sync
 from resilient._breaker import CLOSED, OPEN
 from resilient._clock import CLOCK
 from resilient._retry import RetryCall, RetryRuntime
@@ -235,6 +237,30 @@ async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: flo
         wait = await limiter.atry_acquire(key) if limiter.shared else limiter.try_acquire(key)
 
 
+def _delay_after_error(
+    cp: CompiledPolicy, retry: RetryRuntime, call: RetryCall, attempt: int, error: Exception, label: str, quiet: bool
+) -> float | None:
+    """The wait before the next attempt after `error`; None when it is to be raised.
+
+    `quiet`: the retry layer called the function itself, so the breaker has yet to hear of
+    the failure (first: it may open the breaker, which ends the retries).
+    """
+    if quiet and cp.breaker is not None:
+        cp.breaker.on_failure(error, probe=False, label=label)
+    call.record(attempt, error, None)
+    if not retry.is_retryable(error, call) or _breaker_opened(cp):
+        return None
+    return retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
+
+
+def _delay_after_result(retry: RetryRuntime, call: RetryCall, attempt: int, result: Any, label: str) -> float | None:
+    """The wait before the next attempt after `result` (`on_result` asked for one); None to return it."""
+    call.record(attempt, None, result)
+    if not retry.is_retryable_result(result, call):
+        return None
+    return retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
+
+
 def _breaker_opened(cp: CompiledPolicy) -> bool:
     """The breaker is open now: another attempt would only fail fast, so give up with the real error."""
     return cp.breaker is not None and cp.breaker.state is OPEN
@@ -313,29 +339,35 @@ def retry_sync(
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(now)
-    # No breaker, attempt timeout or telemetry: the attempt layer would only call `fn`.
-    bare = cp.breaker is None and obs is None and not cp.bounded_sync
+    breaker = cp.breaker
+    bounded = cp.bounded_sync
+    # Without telemetry the attempt layer adds only the breaker, and while that is quiet
+    # (`BreakerRuntime.quiet`) its whole part is to hear of a failure: this layer then
+    # calls the function (within the attempt's bound, if any) and reports that itself.
+    direct = obs is None
     attempt = 1
     call: RetryCall | None = None
     while True:
+        quiet = direct and (breaker is None or breaker.quiet)
         try:
-            result = fn(*args, **kwargs) if bare else attempt_sync(cp, label, fn, args, kwargs, obs, now)
+            if quiet:
+                result = bounded_sync(cp, label, fn, args, kwargs) if bounded else fn(*args, **kwargs)
+            else:
+                result = attempt_sync(cp, label, fn, args, kwargs, obs, now)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
-            call.record(attempt, error, None)
-            if not retry.is_retryable(error, call) or _breaker_opened(cp):
-                raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
+            delay = _delay_after_error(cp, retry, call, attempt, error, label, quiet)
             if delay is None:
                 raise
         else:
+            if quiet and breaker is not None and breaker.reports_success:
+                # A failure elsewhere counted meanwhile: this success resets the count, as
+                # the attempt layer's check after the call would have.
+                breaker.on_success(probe=False, duration=0.0, label=label)
             if not retry.checks_results:
                 return result
             call = call or RetryCall(fn, args, kwargs)
-            call.record(attempt, None, result)
-            if not retry.is_retryable_result(result, call):
-                return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
+            delay = _delay_after_result(retry, call, attempt, result, label)
             if delay is None:
                 return result
         CLOCK.sleep(delay)
@@ -355,29 +387,33 @@ async def retry_async(
     retry: RetryRuntime = cp.retry  # type: ignore[assignment]
     if retry.budget is not None:
         retry.budget.deposit(now)
-    # No breaker, attempt timeout or telemetry: the attempt layer would only await `fn`.
-    bare = cp.breaker is None and obs is None and not cp.bounded_async
+    breaker = cp.breaker
+    bounded = cp.bounded_async
+    # As in `retry_sync`: with a quiet breaker, one coroutine fewer per attempt.
+    direct = obs is None
     attempt = 1
     call: RetryCall | None = None
     while True:
+        quiet = direct and (breaker is None or breaker.quiet)
         try:
-            result = await (fn(*args, **kwargs) if bare else cp.async_attempt(cp, label, fn, args, kwargs, obs, now))
+            if quiet:
+                result = await (bounded_async(cp, label, fn, args, kwargs) if bounded else fn(*args, **kwargs))
+            else:
+                result = await cp.async_attempt(cp, label, fn, args, kwargs, obs, now)
         except Exception as error:
             call = call or RetryCall(fn, args, kwargs)
-            call.record(attempt, error, None)
-            if not retry.is_retryable(error, call) or _breaker_opened(cp):
-                raise
-            delay = retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
+            delay = _delay_after_error(cp, retry, call, attempt, error, label, quiet)
             if delay is None:
                 raise
         else:
+            if quiet and breaker is not None and breaker.reports_success:
+                # A failure elsewhere counted meanwhile: this success resets the count, as
+                # the attempt layer's check after the call would have.
+                breaker.on_success(probe=False, duration=0.0, label=label)
             if not retry.checks_results:
                 return result
             call = call or RetryCall(fn, args, kwargs)
-            call.record(attempt, None, result)
-            if not retry.is_retryable_result(result, call):
-                return result
-            delay = retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
+            delay = _delay_after_result(retry, call, attempt, result, label)
             if delay is None:
                 return result
         await CLOCK.asleep(delay)

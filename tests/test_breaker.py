@@ -361,3 +361,69 @@ def test_policy_shares_breaker_between_sync_and_async() -> None:
     _fail_n(sync_fail, 2)
     with pytest.raises(CircuitOpenError):
         asyncio.run(async_call())
+
+
+# A retried call through a closed breaker with nothing to record on success skips the
+# attempt layer (`BreakerRuntime.quiet`): its failures must still count, and its success
+# must still clear a failure another caller counted while it ran.
+
+_RETRY_ONCE = Retry(attempts=2, initial_delay=0, max_delay=0, budget=None, on=TimeoutError)
+
+
+def test_a_retried_call_through_a_closed_breaker_still_counts_each_failed_attempt(mode: str) -> None:
+    script = Script(ConnectionError("one"), ConnectionError("two"), "unreachable")
+    retry = Retry(attempts=3, initial_delay=0, max_delay=0, budget=None)
+    call = protect(mode, script, retry=retry, breaker=CircuitBreaker(name="dep", failure_threshold=2))
+    with testing.no_wait(), pytest.raises(ConnectionError):
+        call()
+    assert script.calls == 2
+    assert testing.breaker_state("dep") == "open"
+
+
+def test_a_success_ending_after_another_callers_failure_resets_the_count_threads() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    @resilient(retry=_RETRY_ONCE, breaker=CircuitBreaker(name="dep", failure_threshold=2))
+    def slow_success() -> str:
+        entered.set()
+        release.wait(5)
+        return "ok"
+
+    @resilient(breaker="dep")
+    def failing() -> None:
+        raise ConnectionError("down")
+
+    results: list[str] = []
+    thread = threading.Thread(target=lambda: results.append(slow_success()))
+    thread.start()
+    assert entered.wait(5)  # admitted while the breaker had no failure to clear
+    _fail_n(failing, 1)
+    release.set()
+    thread.join(5)
+    _fail_n(failing, 1)  # counts from zero again: the success in between cleared the first
+    assert results == ["ok"]
+    assert testing.breaker_state("dep") == "closed"
+
+
+async def test_a_success_ending_after_another_callers_failure_resets_the_count_tasks() -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @resilient(retry=_RETRY_ONCE, breaker=CircuitBreaker(name="dep", failure_threshold=2))
+    async def slow_success() -> str:
+        entered.set()
+        await release.wait()
+        return "ok"
+
+    @resilient(breaker="dep")
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    task = asyncio.create_task(slow_success())
+    await entered.wait()
+    with pytest.raises(ConnectionError):
+        await failing()
+    release.set()
+    assert await task == "ok"
+    with pytest.raises(ConnectionError):
+        await failing()
+    assert testing.breaker_state("dep") == "closed"
