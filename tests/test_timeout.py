@@ -331,3 +331,53 @@ async def test_finished_calls_leave_nothing_armed() -> None:
 
     assert sum(await asyncio.gather(*(fast() for _ in range(2000)))) == 2000
     assert not watchdog_for(asyncio.get_running_loop())._watches
+
+
+# Which limit ran out, as the error and the `timeout.exceeded` event name it: the attempt's
+# own, the policy's total, or a deadline inherited from the caller.
+
+
+async def test_an_exceeded_attempt_timeout_names_the_attempt_scope() -> None:
+    @resilient(timeout=Timeout(total=5.0, attempt=0.03))
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(DeadlineExceededError) as raised:
+        await hang()
+    assert (raised.value.scope, raised.value.timeout) == ("attempt", pytest.approx(0.03))
+
+
+async def test_a_total_tighter_than_the_attempt_names_the_total_scope() -> None:
+    @resilient(timeout=Timeout(total=0.03, attempt=5.0))
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(DeadlineExceededError) as raised:
+        await hang()
+    assert (raised.value.scope, raised.value.timeout) == ("total", pytest.approx(0.03))
+
+
+async def test_an_inherited_deadline_names_the_inherited_scope_and_the_budget_left() -> None:
+    @resilient(timeout=Timeout(attempt=5.0))
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    with deadline.scope(0.05), pytest.raises(DeadlineExceededError) as raised:
+        await hang()
+    assert raised.value.scope == "inherited"
+    assert 0 < raised.value.timeout <= 0.05
+
+
+def test_a_sync_attempt_timeout_in_thread_mode_names_the_attempt_scope() -> None:
+    release = threading.Event()
+
+    @resilient(timeout=Timeout(total=5.0, attempt=0.03, sync_mode="thread"))
+    def hang() -> None:
+        release.wait(5)
+
+    try:
+        with pytest.raises(DeadlineExceededError) as raised:
+            hang()
+    finally:
+        release.set()
+    assert (raised.value.scope, raised.value.timeout) == ("attempt", pytest.approx(0.03))
