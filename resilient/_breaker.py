@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +39,6 @@ __all__ = [
     "OPEN",
     "BreakerRuntime",
     "CircuitBreaker",
-    "breaker_for",
-    "breaker_states",
-    "reset_breakers",
 ]
 
 DEFAULT_FAILURE_THRESHOLD = 5
@@ -405,60 +402,3 @@ def _call_listener(method: Callable[..., Any], *args: Any) -> None:
         method(*args)
     except Exception:
         logging.getLogger("resilient.breaker").exception("pybreaker listener %r failed", method)
-
-
-_REGISTRY: dict[str, BreakerRuntime] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def breaker_for(config: CircuitBreaker | str) -> BreakerRuntime:
-    """The one runtime for this name: joined by a bare name, created on first definition.
-
-    Two different definitions under one name are an error (they would silently fight).
-    """
-    name = config if isinstance(config, str) else config.name
-    with _REGISTRY_LOCK:
-        existing = _REGISTRY.get(name)
-        if existing is None:
-            runtime = BreakerRuntime(config if isinstance(config, CircuitBreaker) else CircuitBreaker(name=name))
-            _REGISTRY[name] = runtime
-            return runtime
-    # Dataclass equality covers every setting, the wrapped pybreaker object by identity.
-    if isinstance(config, CircuitBreaker) and existing.config != config:
-        raise ValueError(
-            f"breaker.name {name!r} is already defined with different settings "
-            f"({existing.config!r}); reuse that CircuitBreaker or refer to it by name"
-        )
-    return existing
-
-
-def forget_breaker(runtime: BreakerRuntime) -> None:
-    """Drop one breaker from the registry if it is still the one registered under its name.
-
-    For owners of many short-lived breakers (the httpx transports' per-host breakers) so the
-    registry stays bounded.
-    """
-    with _REGISTRY_LOCK:
-        if _REGISTRY.get(runtime.name) is runtime:
-            del _REGISTRY[runtime.name]
-
-
-def breaker_states() -> Iterator[tuple[str, str]]:
-    """(name, state) of every named breaker, for the state gauge."""
-    for name, runtime in list(_REGISTRY.items()):
-        yield name, runtime.state
-
-
-def reset_breakers() -> None:
-    """Close every named breaker and clear its counts (tests call this between cases)."""
-    for runtime in list(_REGISTRY.values()):
-        runtime.reset()
-
-
-def forget_breakers() -> None:
-    """Drop every named breaker, so a name can be defined anew (test isolation)."""
-    with _REGISTRY_LOCK:
-        _REGISTRY.clear()
-
-
-HUB.breaker_states = breaker_states

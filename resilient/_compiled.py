@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilient._attempt import attempt_async, attempt_async_shared, attempt_sync
-from resilient._breaker import breaker_for
+from resilient._breaker_registry import breaker_for
 from resilient._bulkhead import BulkheadRuntime
 from resilient._fallback import FallbackRuntime
 from resilient._pipeline import (

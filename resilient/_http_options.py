@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 import httpx
 import tenacity
 
-from resilient._breaker import _REGISTRY, CircuitBreaker
+from resilient._breaker import CircuitBreaker
+from resilient._breaker_registry import _REGISTRY
 from resilient._http_rules import (
     IDEMPOTENT_METHODS,
     RETRY_STATUSES,

@@ -73,7 +73,7 @@ def _as_breaker(value: BreakerOption) -> CircuitBreaker | None:
 
 def _named_breaker(name: str) -> CircuitBreaker:
     """A bare name joins the breaker already defined under it, or defines one with defaults."""
-    from resilient._breaker import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
+    from resilient._breaker_registry import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
 
     existing = _REGISTRY.get(name)
     return existing.config if existing is not None else CircuitBreaker(name=name)

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from resilient import CircuitBreaker, CircuitOpenError, Policy, RateLimit, RateLimitedError
-from resilient._breaker import breaker_for
+from resilient._breaker_registry import breaker_for
 from resilient._ratelimit import ALGORITHMS, LimiterRuntime
 from resilient._storage import close_stores
 

@@ -23,7 +23,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 
 import resilient.httpx as rh
 from resilient import CircuitBreaker, CircuitOpenError, Fallback, Policy, RateLimitedError, Retry, deadline, testing
-from resilient._breaker import _REGISTRY
+from resilient._breaker_registry import _REGISTRY
 from resilient._context import REQUEST_ID
 from resilient._http import _context_getter
 from resilient._http_hosts import Hosts

@@ -7,7 +7,8 @@ import pytest
 import redis
 
 from resilient import CircuitBreaker, CircuitOpenError, Policy, instrumentation, testing
-from resilient._breaker import BreakerRuntime, breaker_for
+from resilient._breaker import BreakerRuntime
+from resilient._breaker_registry import breaker_for
 from resilient._shared_breaker import DEFAULT_TTL, SharedBreakerRuntime
 from tests._redis_workers import (
     JOIN_TIMEOUT,

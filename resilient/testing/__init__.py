@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from resilient._breaker import _REGISTRY, forget_breakers, reset_breakers
+from resilient._breaker_registry import _REGISTRY, forget_breakers, reset_breakers
 from resilient._clock import CLOCK
 from resilient.testing._upstream import Fault, FaultyUpstream, ReceivedRequest
 
