@@ -18,7 +18,7 @@ from resilient._breaker import CircuitBreaker
 from resilient._bulkhead import Bulkhead
 from resilient._compiled import CompiledPolicy
 from resilient._fallback import Fallback
-from resilient._pipeline import run_async, run_sync
+from resilient._pipeline import wrap_async, wrap_sync
 from resilient._ratelimit import RateLimit
 from resilient._retry import Retry
 from resilient._timeout import Timeout
@@ -170,11 +170,11 @@ class Policy:
         """Run a sync callable once under this policy."""
         if self.fallback is not None and self.fallback.is_async:
             raise TypeError(f"fallback handler {self.fallback.handler!r} is async: use `await policy.call_async(...)`")
-        return run_sync(self._compiled, self.name or _label(fn), fn, args, kwargs)  # type: ignore[no-any-return]
+        return wrap_sync(self._compiled, self.name or _label(fn), fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def call_async(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await an async callable once under this policy."""
-        return await run_async(self._compiled, self.name or _label(fn), fn, args, kwargs)  # type: ignore[no-any-return]
+        return await wrap_async(self._compiled, self.name or _label(fn), fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 Policy.__module__ = "resilient"
@@ -199,18 +199,11 @@ def _decorate(policy: Policy, fn: Any) -> Any:
     compiled = policy._compiled
     label = policy.name or _label(fn)
     if inspect.iscoroutinefunction(fn):
-
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await run_async(compiled, label, fn, args, kwargs)
-
-        async_wrapper.__resilient_policy__ = policy  # type: ignore[attr-defined]
-        return functools.wraps(fn)(async_wrapper)
-    if policy.fallback is not None and policy.fallback.is_async:
+        wrapper = wrap_async(compiled, label, fn)
+    elif policy.fallback is not None and policy.fallback.is_async:
         raise TypeError(f"fallback handler {policy.fallback.handler!r} is async but {label!r} is a sync function")
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return run_sync(compiled, label, fn, args, kwargs)
-
+    else:
+        wrapper = wrap_sync(compiled, label, fn)
     wrapper.__resilient_policy__ = policy  # type: ignore[attr-defined]
     return functools.wraps(fn)(wrapper)
 
