@@ -326,7 +326,8 @@ class BreakerRuntime:
             tripped = window.calls >= self.config.minimum_calls and window.failures >= self._rate * window.calls
         else:
             self._failures += 1
-            self.reports_success, self.quiet = True, False
+            self.reports_success = True
+            self._refresh_quiet()
             tripped = self._failures >= self._pb.fail_max
         return self._move_needs_lock(OPEN, now) if tripped else None
 
