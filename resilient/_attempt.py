@@ -202,11 +202,11 @@ def bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: A
             return result
         remaining = end - CLOCK.monotonic()
         if remaining <= 0:
-            raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now))
+            raise _exceeded(cp, label, deadline, end, now)
         try:
             return cp.runner.run(partial(fn, *args, **kwargs), remaining)
         except FutureTimeout:
-            raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now)) from None
+            raise _exceeded(cp, label, deadline, end, now) from None
     finally:
         if token is not None:
             _reset_deadline(token)
@@ -227,7 +227,7 @@ async def bounded_async(
         return await fn(*args, **kwargs)
     remaining = end - now
     if remaining <= 0:
-        raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now))
+        raise _exceeded(cp, label, deadline, end, now)
     token = _set_deadline(end) if end is not deadline else None
     # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
     # else's by the task's cancel count), armed on the loop's shared watchdog.
@@ -244,7 +244,7 @@ async def bounded_async(
         if watch.fired:
             watch.fired = False
             if task.uncancel() <= cancelling:
-                raise _exceeded(label, *_exceeded_limit(cp, deadline, end, now)) from None
+                raise _exceeded(cp, label, deadline, end, now) from None
         raise
     finally:
         watchdog.disarm(watch)
@@ -254,6 +254,8 @@ async def bounded_async(
             _reset_deadline(token)
 
 
-def _exceeded(label: str, scope: str, seconds: float) -> DeadlineExceededError:
+def _exceeded(cp: CompiledPolicy, label: str, deadline: float | None, end: float, now: float) -> DeadlineExceededError:
+    """Report the attempt's bound as exceeded (`interrupted`) and build the error naming it."""
+    scope, seconds = _exceeded_limit(cp, deadline, end, now)
     HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=True)
     return DeadlineExceededError(seconds, scope=scope, policy=label)
