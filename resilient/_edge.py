@@ -70,10 +70,16 @@ def new_request_id() -> str:
 _ID_BATCH: Final = 256
 
 
+# Byte maps setting a UUID's version and variant bits, applied to a whole batch in one
+# `bytes.translate` each (a generator over the bytes cost more than the random draw).
+_VERSION_4: Final = bytes((byte & 0x0F) | 0x40 for byte in range(256))
+_RFC_4122_VARIANT: Final = bytes((byte & 0x3F) | 0x80 for byte in range(256))
+
+
 def _id_batch() -> Iterator[str]:
     raw = bytearray(os.urandom(16 * _ID_BATCH))
-    raw[6::16] = bytes((byte & 0x0F) | 0x40 for byte in raw[6::16])  # version 4
-    raw[8::16] = bytes((byte & 0x3F) | 0x80 for byte in raw[8::16])  # RFC 4122 variant
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_RFC_4122_VARIANT)
     text = raw.hex()
     return iter([text[start : start + 32] for start in range(0, len(text), 32)])
 

@@ -292,7 +292,7 @@ def access_fields(
         "path": display_target(path, query),
         "route": route,
         "status": status,
-        "duration_ms": round(duration * 1000, 3),
+        "duration_ms": round(duration * 1_000_000) / 1000,  # to the microsecond; round(x, 3) costs 3x more
         "bytes": sent,
         "client": client,
         "request_id": request_id,

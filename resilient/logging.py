@@ -44,8 +44,11 @@ def _add_span_ids(event_dict: EventDict, span: trace.Span) -> EventDict:
     """`add_trace_context` for a given span rather than the current one (the middleware's own)."""
     span_context = span.get_span_context()
     if span_context.is_valid:
-        event_dict["trace_id"] = trace.format_trace_id(span_context.trace_id)
-        event_dict["span_id"] = trace.format_span_id(span_context.span_id)
+        # The text of `trace.format_trace_id` / `format_span_id` (zero-padded lower-case hex)
+        # at half the cost: `bytes.hex` instead of `format`, once per log line. `is_valid`
+        # guarantees both ids fit their 16 and 8 bytes.
+        event_dict["trace_id"] = span_context.trace_id.to_bytes(16).hex()
+        event_dict["span_id"] = span_context.span_id.to_bytes(8).hex()
     return event_dict
 
 

@@ -99,6 +99,21 @@ def test_trace_and_span_ids_match_the_active_span(capsys: pytest.CaptureFixture[
         assert line["span_id"] == f"{context.span_id:016x}"
 
 
+@pytest.mark.parametrize(
+    ("trace_id", "span_id"),
+    [(1, 1), (0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7), (2**128 - 1, 2**64 - 1)],
+)
+def test_trace_and_span_ids_keep_leading_zeros_and_full_width(trace_id: int, span_id: int) -> None:
+    """Ids are always 32 and 16 lower-case hex digits, as OpenTelemetry formats them."""
+    span = trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, is_remote=False))
+
+    with trace.use_span(span):
+        fields = add_trace_context(None, "info", {})
+
+    assert fields == {"trace_id": trace.format_trace_id(trace_id), "span_id": trace.format_span_id(span_id)}
+    assert (len(fields["trace_id"]), len(fields["span_id"])) == (32, 16)
+
+
 def test_no_trace_fields_outside_a_span(capsys: pytest.CaptureFixture[str]) -> None:
     """Without an active span no trace_id or span_id is added."""
     configure(json=True)
