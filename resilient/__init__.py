@@ -24,7 +24,7 @@ from resilient._fallback import Fallback
 from resilient._policy import Policy, resilient
 from resilient._ratelimit import RateLimit
 from resilient._retry import Retry
-from resilient._storage import configure_storage
+from resilient._storage_config import configure_storage
 from resilient._timeout import Timeout
 
 if TYPE_CHECKING:

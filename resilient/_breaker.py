@@ -29,7 +29,7 @@ from pybreaker import CircuitBreakerListener
 
 from resilient._clock import CLOCK
 from resilient._errors import CircuitOpenError
-from resilient._storage import check_storage, resolve_storage
+from resilient._storage_config import check_storage, resolve_storage
 from resilient._validate import check_int, check_name, check_ratio, check_seconds
 from resilient.instrumentation._hub import HUB
 

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 import limits
 
-from resilient._storage import check_storage
+from resilient._storage_config import check_storage
 from resilient._validate import check_int, check_seconds
 
 __all__ = [

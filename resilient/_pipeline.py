@@ -5,8 +5,8 @@ Order, outer to inner: telemetry, fallback, rate limit, bulkhead, total timeout,
 a layer the policy leaves out costs one `is None` test. Both drivers call the same
 non-blocking decisions on the compiled strategies and differ only in `await`, the sleep,
 the bulkhead wait and the timeout primitive. The outermost layer, telemetry and fallback,
-is the decorated function's wrapper itself (`wrap_sync`, `wrap_async`); the innermost, one
-attempt (circuit breaker, attempt timeout), is in `_attempt`.
+is the decorated function's wrapper itself (`_wrapper.wrap_sync`, `wrap_async`); the
+innermost, one attempt (circuit breaker, attempt timeout), is in `_attempt`.
 
 Each layer has the same signature and hands over to the next *configured* layer through
 a pointer chosen at compile time (`CompiledPolicy.sync_after_admit`, ...), so a layer the
@@ -25,16 +25,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import opentelemetry.metrics._internal as _metrics_state
-import opentelemetry.trace as _trace_state
-
 from resilient._attempt import Args, Kwargs, attempt_sync, bounded_async, bounded_sync
-from resilient._breaker import CLOSED, OPEN
+from resilient._breaker import OPEN
 from resilient._clock import CLOCK
 from resilient._retry import RetryCall, RetryRuntime
 from resilient._timeout import EVENT_EXCEEDED
 from resilient.deadline import _DEADLINE
-from resilient.instrumentation._hub import HUB, outcome_of
+from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -50,139 +47,13 @@ __all__ = [
     "deadline_sync",
     "retry_async",
     "retry_sync",
-    "wrap_async",
-    "wrap_sync",
 ]
 
-#: Read on every call to decide whether telemetry is needed at all.
-_OTEL = HUB.otel
 #: The deadline variable's methods, bound once: Python 3.11 calls a method of an imported
 #: name through a new bound method object each time.
 _current_deadline = _DEADLINE.get
 _set_deadline = _DEADLINE.set
 _reset_deadline = _DEADLINE.reset
-
-
-# ---------------------------------------------------------------- telemetry + fallback
-
-
-def wrap_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` under the policy: what the decorator hands back (before `functools.wraps`).
-
-    The wrapper *is* the telemetry-and-fallback layer rather than a function calling it:
-    one frame fewer per call. With nobody listening and no fallback (nearly every call)
-    it goes straight to the first configured layer; otherwise `_observed_sync` runs the call.
-    """
-    no_fallback = cp.fallback is None  # fixed for the policy's life
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        # The "anyone listening?" check, inlined: the idle flag plus two identity tests.
-        if (
-            _OTEL.idle
-            and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
-            and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
-        ):
-            if no_fallback:
-                return cp.sync_entry(cp, label, fn, args, kwargs, None)
-            obs = None
-        else:
-            obs = HUB.begin_call(label)
-        return _observed_sync(cp, label, fn, args, kwargs, obs)
-
-    return run
-
-
-def wrap_async(cp: CompiledPolicy, label: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """`wrap_sync` for a coroutine function: one coroutine fewer per call."""
-    no_fallback = cp.fallback is None
-
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        if (
-            _OTEL.idle
-            and _trace_state._TRACER_PROVIDER is _OTEL._tracer_provider
-            and _metrics_state._METER_PROVIDER is _OTEL._meter_provider
-        ):
-            if no_fallback:
-                return await cp.async_entry(cp, label, fn, args, kwargs, None)
-            obs = None
-        else:
-            obs = HUB.begin_call(label)
-        return await _observed_async(cp, label, fn, args, kwargs, obs)
-
-    return run
-
-
-def _observed_sync(
-    cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, obs: CallObservation | None
-) -> Any:
-    """Run the call with its telemetry (`obs`, None when nobody listens) and the fallback."""
-    try:
-        result = cp.sync_entry(cp, label, fn, args, kwargs, obs)
-    except Exception as error:
-        fallback = cp.fallback
-        if fallback is None or not fallback.handles(error):
-            _end(cp, obs, error, None)
-            raise
-        try:
-            value = fallback.value(error, label)
-        except BaseException as fallback_error:
-            _end(cp, obs, fallback_error, None)
-            raise
-        _end(cp, obs, error, "fallback")
-        return value
-    except BaseException:
-        _end(cp, obs, None, "cancelled")
-        raise
-    _end(cp, obs, None, "success")
-    return result
-
-
-async def _observed_async(
-    cp: CompiledPolicy,
-    label: str,
-    fn: Callable[..., Awaitable[Any]],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-) -> Any:
-    """Await the call with its telemetry and the fallback; timeouts cancel it for real."""
-    try:
-        result = await cp.async_entry(cp, label, fn, args, kwargs, obs)
-    except Exception as error:
-        fallback = cp.fallback
-        if fallback is None or not fallback.handles(error):
-            _end(cp, obs, error, None)
-            raise
-        try:
-            value = fallback.value(error, label)
-            if fallback.is_async:
-                value = await value
-        except BaseException as fallback_error:
-            _end(cp, obs, fallback_error, None)
-            raise
-        _end(cp, obs, error, "fallback")
-        return value
-    except BaseException:
-        _end(cp, obs, None, "cancelled")
-        raise
-    _end(cp, obs, None, "success")
-    return result
-
-
-def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException | None, outcome: str | None) -> None:
-    if obs is None:
-        return
-    extra: dict[str, Any] = {}
-    if error is not None:
-        classified, reason = outcome_of(error)
-        outcome = outcome or classified
-        if reason is not None:
-            extra["resilient.rejection" if classified == "rejected" else "resilient.failure"] = reason
-    breaker = cp.breaker
-    if breaker is not None and (error is not None or breaker.state is not CLOSED):
-        # Closed is implied on a success; with an SDK every span attribute costs ~0.5 µs.
-        extra["resilient.breaker.state"] = breaker.state
-    obs.end(outcome or "success", error, extra)
 
 
 # ---------------------------------------------------------------- rate limit + bulkhead

@@ -18,11 +18,11 @@ from resilient._breaker import CircuitBreaker
 from resilient._bulkhead import Bulkhead
 from resilient._compiled import CompiledPolicy
 from resilient._fallback import Fallback
-from resilient._pipeline import wrap_async, wrap_sync
 from resilient._ratelimit import RateLimit
 from resilient._retry import Retry
 from resilient._timeout import Timeout
 from resilient._validate import check_name
+from resilient._wrapper import wrap_async, wrap_sync
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine

@@ -5,8 +5,9 @@ parsed by `limits`. Shared storages (``redis://``...) go through `limits`' strat
 (`SharedLimiterRuntime`, chosen at construction; see docs/redis.md).
 The in-process default does NOT use `limits.storage.MemoryStorage`: a `hit` there costs
 about 120x a raw function call (3 µs), more than the whole rest of a policy, so the three
-algorithms are implemented here over one lock with O(1) work per call, and idle keys
-expire (swept once the key table grows), so per-key state cannot grow without bound.
+algorithms are implemented in `_rate_windows` (O(1) work per call), run here under one
+lock, and idle keys expire (swept once the key table grows), so per-key state cannot grow
+without bound.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +26,9 @@ import limits.strategies
 
 from resilient._clock import CLOCK
 from resilient._errors import RateLimitedError
-from resilient._storage import check_storage, resolve_storage, store_for
+from resilient._rate_windows import WINDOWS, Window
+from resilient._storage import store_for
+from resilient._storage_config import check_storage, resolve_storage
 from resilient._validate import check_int, check_name, check_seconds
 from resilient.instrumentation._hub import HUB
 
@@ -95,168 +97,6 @@ class RateLimit:
 RateLimit.__module__ = "resilient"
 
 
-class _Window:
-    """One limit item's state for one key. `admit` returns 0.0 (admitted) or seconds to wait."""
-
-    __slots__ = ("_amount", "_period", "expires")
-
-    def __init__(self, amount: int, period: float) -> None:
-        self._amount = amount
-        self._period = period
-        self.expires = 0.0
-
-    def check(self, now: float) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def commit(self, now: float) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def state(self, now: float) -> tuple[int, float]:  # noqa: ARG002 - overridden by every window
-        """(calls still allowed, seconds until the window resets), without changing anything."""
-        return self._amount, 0.0
-
-    def admit(self, now: float) -> float:
-        """`check`, and `commit` when admitted."""
-        wait = self.check(now)
-        if not wait:
-            self.commit(now)
-        return wait
-
-
-class _FixedWindow(_Window):
-    __slots__ = ("_count", "_start")
-
-    def __init__(self, amount: int, period: float) -> None:
-        super().__init__(amount, period)
-        self._start = -period
-        self._count = 0
-
-    def check(self, now: float) -> float:
-        if now - self._start >= self._period:
-            return 0.0
-        if self._count < self._amount:
-            return 0.0
-        return self._start + self._period - now
-
-    def commit(self, now: float) -> None:
-        if now - self._start >= self._period:
-            self._start = now - (now - self._start) % self._period if self._count else now
-            self._count = 0
-        self._count += 1
-        self.expires = self._start + self._period
-
-    def state(self, now: float) -> tuple[int, float]:
-        if now - self._start >= self._period:
-            return self._amount, 0.0
-        return max(self._amount - self._count, 0), self._start + self._period - now
-
-
-class _SlidingWindow(_Window):
-    """Weighted two-window counter: previous window's count decays linearly."""
-
-    __slots__ = ("_current", "_previous", "_start")
-
-    def __init__(self, amount: int, period: float) -> None:
-        super().__init__(amount, period)
-        self._start = 0.0
-        self._current = 0
-        self._previous = 0
-
-    def state(self, now: float) -> tuple[int, float]:
-        start, previous, current = self._start, self._previous, self._current
-        elapsed = now - start
-        if elapsed >= self._period:
-            windows = int(elapsed // self._period)
-            previous, current, start = (current if windows == 1 else 0), 0, start + windows * self._period
-        used = previous * (1.0 - (now - start) / self._period) + current
-        return max(self._amount - math.ceil(used), 0), start + self._period - now
-
-    def _roll(self, now: float) -> None:
-        elapsed = now - self._start
-        if elapsed < self._period:
-            return
-        windows = int(elapsed // self._period)
-        self._previous = self._current if windows == 1 else 0
-        self._current = 0
-        self._start += windows * self._period
-
-    def check(self, now: float) -> float:
-        self._roll(now)
-        fraction = (now - self._start) / self._period
-        if self._previous * (1.0 - fraction) + self._current + 1 <= self._amount:
-            return 0.0
-        if self._current + 1 > self._amount:
-            # Wait for the next window, then for the previous count to decay enough.
-            next_start = self._start + self._period
-            need = 1.0 - (self._amount - 1) / self._current if self._current else 0.0
-            return max(next_start + max(need, 0.0) * self._period - now, 1e-6)
-        need = 1.0 - (self._amount - self._current - 1) / self._previous
-        return max(self._start + need * self._period - now, 1e-6)
-
-    def commit(self, now: float) -> None:  # noqa: ARG002 - same signature as the other windows
-        self._current += 1
-        self.expires = self._start + 2 * self._period
-
-    def admit(self, now: float) -> float:
-        # check() and commit() fused: the common single-limit case pays one call.
-        if now - self._start >= self._period:
-            self._roll(now)
-        current = self._current
-        if self._previous * (1.0 - (now - self._start) / self._period) + current + 1 <= self._amount:
-            self._current = current + 1
-            self.expires = self._start + 2 * self._period
-            return 0.0
-        return self.check(now)
-
-
-class _MovingWindow(_Window):
-    """Exact: the timestamps of admitted calls within the last period."""
-
-    __slots__ = ("_times",)
-
-    def __init__(self, amount: int, period: float) -> None:
-        super().__init__(amount, period)
-        self._times: deque[float] = deque()
-
-    def check(self, now: float) -> float:
-        times = self._times
-        horizon = now - self._period
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(times) < self._amount:
-            return 0.0
-        return times[0] + self._period - now
-
-    def commit(self, now: float) -> None:
-        self._times.append(now)
-        self.expires = now + self._period
-
-    def admit(self, now: float) -> float:
-        # check() and commit() fused: the default algorithm's single-limit case is one call.
-        times = self._times
-        period = self._period
-        horizon = now - period
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(times) < self._amount:
-            times.append(now)
-            self.expires = now + period
-            return 0.0
-        return times[0] + period - now
-
-    def state(self, now: float) -> tuple[int, float]:
-        horizon = now - self._period
-        live = [stamp for stamp in self._times if stamp > horizon]
-        return max(self._amount - len(live), 0), (live[0] + self._period - now) if live else 0.0
-
-
-_WINDOWS: dict[str, type[_Window]] = {
-    "fixed-window": _FixedWindow,
-    "sliding-window": _SlidingWindow,
-    "moving-window": _MovingWindow,
-}
-
-
 class LimiterRuntime:
     """The compiled limiter of one policy: per-key windows under one short-held lock.
 
@@ -275,13 +115,13 @@ class LimiterRuntime:
     def __init__(self, config: RateLimit, scope: str | None = None) -> None:  # noqa: ARG002 - used when shared
         self.config = config
         self._items = [(item.amount, float(item.get_expiry())) for item in limits.parse_many(config.limit)]
-        self._window_type = _WINDOWS[config.algorithm]
+        self._window_type = WINDOWS[config.algorithm]
         self._key = config.key
         self.keyed = config.key is not None
         self._single = len(self._items) == 1
         self._max_wait = config.max_wait
         self._max_keys = config.max_keys
-        self._keys: dict[str, list[_Window]] = {}
+        self._keys: dict[str, list[Window]] = {}
         self._lock = threading.Lock()
 
     def key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -317,7 +157,7 @@ class LimiterRuntime:
         """`try_acquire` for async drivers (in memory it does no I/O, so it is the same)."""
         return self.try_acquire(key)
 
-    def _new_key_needs_lock(self, key: str, now: float) -> list[_Window]:
+    def _new_key_needs_lock(self, key: str, now: float) -> list[Window]:
         if len(self._keys) >= self._max_keys:
             self._sweep_needs_lock(now)
         windows = [self._window_type(amount, period) for amount, period in self._items]

@@ -43,7 +43,8 @@ from typing import Any
 from resilient._breaker import CLOSED, EVENT_REJECTED, HALF_OPEN, OPEN, BreakerRuntime, CircuitBreaker, _call_listener
 from resilient._clock import CLOCK
 from resilient._errors import CircuitOpenError
-from resilient._storage import SharedStore, resolve_storage, store_for
+from resilient._storage import SharedStore, store_for
+from resilient._storage_config import resolve_storage
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["DEFAULT_TTL", "SharedBreakerRuntime"]

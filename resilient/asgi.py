@@ -13,7 +13,7 @@ error shield (500 without exception text). See ``docs/middleware.md``.
 
 This is a plain ASGI class (no Starlette import, never ``BaseHTTPMiddleware``): the
 response is streamed through untouched, ``lifespan`` and ``websocket`` scopes pass through,
-and everything a request needs lives in one per-request `_Exchange`.
+and everything a request needs lives in one per-request `Exchange` (`_asgi_exchange`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry import context as otel_context
 
 from resilient import deadline
+from resilient._asgi_exchange import BodyTooLargeError, Exchange, Headers, Receive, Send
 from resilient._asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer
 from resilient._edge import (
     REJECTIONS,
@@ -38,8 +39,6 @@ from resilient._edge import (
     accept_request_id,
     content_length_verdict,
     effective_timeout,
-    error_body,
-    error_headers,
     new_request_id,
     rate_limit_headers,
 )
@@ -60,115 +59,18 @@ from resilient._edge_telemetry import (
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Tracer
 
 __all__ = ["ResilientMiddleware", "RouteOptions"]
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DEADLINE_HEADER: Final = deadline.HEADER.encode("latin-1")
-_Headers = list[tuple[bytes, bytes]]
 _HeaderMap = dict[bytes, bytes]
 _SHED_HEADERS: Final = [(b"retry-after", b"%d" % SHED_RETRY_AFTER)]
 #: The middleware's own answer: a status and the headers that go with it.
-_Refusal = tuple[int, _Headers | None]
-
-
-class _BodyTooLargeError(Exception):
-    """Raised inside the app by `receive` once the body passes `max_body_size`."""
-
-
-async def _nothing() -> None:
-    """The awaitable `send` hands back for a message it drops."""
-
-
-class _Exchange:
-    """One HTTP request's state: wraps `send` and `receive` and remembers what went out."""
-
-    # Class-level defaults rather than `__slots__`: a request assigns only the fields it
-    # uses (a slotted instance must assign all of them up front, about 1 µs a request).
-    request_id: str | None = None
-    response_headers: _Headers = []  # noqa: RUF012 - replaced, never mutated
-    status = 0
-    started = complete = swallow = body_too_large = False
-    sent_bytes = received = 0
-    body_limit: int | None = None
-    deadline: float | None = None
-    timer: RequestTimer | None = None
-    ended: float | None = None
-    rejection: str | None = None
-    client: str | None = None
-    span: Span | None = None
-    route_label = "default"
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self.raw_receive = receive
-        self._send = send
-
-    def send(self, message: Message) -> Awaitable[None]:
-        """The app's `send`: adds our headers to the start, counts the body, notes the end.
-
-        A plain function handing back the server's awaitable: ASGI asks `send` for an
-        awaitable, and a coroutine of our own around it would cost one more per message.
-        """
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self.body_too_large:
-                # The app answered a body it could not read in full (FastAPI turns our error
-                # into a 400): the client must see the 413, and the rest is dropped.
-                self.swallow = True
-                return self.reject(413)
-            self.status = message["status"]
-            self.started = True
-            if self.response_headers:
-                message = {**message, "headers": [*message.get("headers", ()), *self.response_headers]}
-        elif kind == "http.response.body":
-            if self.swallow:
-                return _nothing()
-            self.sent_bytes += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                # The response is complete: lift the deadline so background tasks (they run
-                # after the response, in this task) do not inherit the response's budget.
-                # `RequestTimer.close` restores the previous value when the app returns.
-                self.complete = True
-                self.ended = time.perf_counter()
-                if self.timer is not None:
-                    self.timer.stop()
-                    deadline._DEADLINE.set(None)
-        return self._send(message)
-
-    async def receive(self) -> Message:
-        """The app's `receive` under a body limit: raises once the body grows past it."""
-        message = await self.raw_receive()
-        if message["type"] == "http.request" and self.body_limit is not None:
-            self.received += len(message.get("body", b""))
-            if self.received > self.body_limit:
-                self.body_too_large = True
-                raise _BodyTooLargeError
-        return message
-
-    async def reject(self, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Answer for the app: a small JSON error body, our headers and `extra` ones."""
-        body = error_body(status, self.request_id)
-        headers = [*error_headers(body), *self.response_headers, *(extra or ())]
-        self.rejection = self.rejection or REJECTIONS[status]
-        self.status = status
-        self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
-        self.sent_bytes = len(body)
-        self.complete = True
-        self.ended = time.perf_counter()
-
-    def deadline_passed(self) -> bool:
-        """Whether this request's deadline (if any) has fired."""
-        if self.timer is not None and self.timer.expired:
-            return True
-        return self.deadline is not None and time.monotonic() >= self.deadline
+_Refusal = tuple[int, Headers | None]
 
 
 class ResilientMiddleware:
@@ -206,7 +108,7 @@ class ResilientMiddleware:
         started = time.perf_counter()
         root_path = scope.get("root_path", "")  # before a mount's router extends it
         headers = dict(scope["headers"])
-        ex = _Exchange(receive, send)
+        ex = Exchange(receive, send)
         bound = None
         if self._request_id_header is not None:
             given = headers.get(self._request_id_header)
@@ -239,7 +141,7 @@ class ResilientMiddleware:
 
     # --- one HTTP request -------------------------------------------------------------------
 
-    async def _protect(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> None:
+    async def _protect(self, scope: Scope, headers: _HeaderMap, ex: Exchange) -> None:
         """Admission checks, then the app, all under the error shield."""
         try:
             plan = self._router.plan_for(scope["path"]) if self._routed else self._router.default
@@ -282,7 +184,7 @@ class ResilientMiddleware:
                 raise
 
     @staticmethod
-    def _check_body(headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: _Exchange) -> _Refusal | None:
+    def _check_body(headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: Exchange) -> _Refusal | None:
         """400/413 for a bad or too large declared body; else arms the limit for `receive`."""
         limit = plan.max_body_size
         if limit is None:
@@ -296,7 +198,7 @@ class ResilientMiddleware:
         return None
 
     def _rate_verdict(
-        self, decision: RateDecision, limiter: Limiter, plan: RoutePlan[AsyncGate], ex: _Exchange
+        self, decision: RateDecision, limiter: Limiter, plan: RoutePlan[AsyncGate], ex: Exchange
     ) -> _Refusal | None:
         """429 with its headers over the rate limit; under it, the success headers are added."""
         limit_headers = rate_limit_headers(decision, limiter.policy_header, legacy=self._legacy)
@@ -306,7 +208,7 @@ class ResilientMiddleware:
         emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
         return 429, limit_headers
 
-    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: _Exchange) -> RequestTimer | NoTimer:
+    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: Exchange) -> RequestTimer | NoTimer:
         """Start the request's deadline, if it has one (raises `TimeoutError` if already spent)."""
         timeout = plan.timeout
         if self._honour_deadline:
@@ -330,7 +232,7 @@ class ResilientMiddleware:
         timer = ex.timer = RequestTimer(task, instant, now)
         return timer
 
-    def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> str:
+    def _rate_key(self, scope: Scope, headers: _HeaderMap, ex: Exchange) -> str:
         client = self._client(scope, ex)
         key_function = self._edge.key_function
         if key_function is None:
@@ -344,7 +246,7 @@ class ResilientMiddleware:
         key = key_function(info)
         return client if key is None else str(key)
 
-    def _client(self, scope: Scope, ex: _Exchange) -> str:
+    def _client(self, scope: Scope, ex: Exchange) -> str:
         """The client address (the socket peer, or a forwarded hop from a trusted proxy)."""
         if ex.client is not None:
             return ex.client
@@ -359,12 +261,12 @@ class ResilientMiddleware:
 
     # --- the error shield --------------------------------------------------------------------
 
-    async def _shield(self, exc: Exception, ex: _Exchange) -> bool:
+    async def _shield(self, exc: Exception, ex: Exchange) -> bool:
         """Answer a failure; True when it must be re-raised (the server then drops the connection)."""
         if isinstance(exc, TimeoutError) and ex.deadline_passed():
             status = 504
             emit_rejection(504, ex.route_label)
-        elif isinstance(exc, _BodyTooLargeError) or ex.body_too_large:
+        elif isinstance(exc, BodyTooLargeError) or ex.body_too_large:
             status = 413
         else:
             status = 500
@@ -381,7 +283,7 @@ class ResilientMiddleware:
 
     # --- tracing and the access log ----------------------------------------------------------
 
-    def _start_span(self, tracer: Tracer, scope: Scope, headers: _HeaderMap, ex: _Exchange) -> Token[Any]:
+    def _start_span(self, tracer: Tracer, scope: Scope, headers: _HeaderMap, ex: Exchange) -> Token[Any]:
         """Start the SERVER span continuing the caller's trace; the context token to detach."""
         server = scope.get("server")
         host = headers.get(b"host")
@@ -399,7 +301,7 @@ class ResilientMiddleware:
         ex.span, token = start_server_span(tracer, attributes, headers, ASGI_HEADERS)
         return token
 
-    def _finish(self, scope: Scope, headers: _HeaderMap, ex: _Exchange, started: float, root: str) -> None:
+    def _finish(self, scope: Scope, headers: _HeaderMap, ex: Exchange, started: float, root: str) -> None:
         """End the span, then write the access-log line (the span still current: trace ids join)."""
         level = access_wanted(ex.status, ex.rejection) if self._access_log else None
         if ex.span is None and level is None:

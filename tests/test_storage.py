@@ -21,11 +21,11 @@ from resilient import CircuitBreaker, CircuitOpenError, Policy, RateLimit, instr
 from resilient._breaker import BreakerRuntime
 from resilient._ratelimit import LimiterRuntime, SharedLimiterRuntime
 from resilient._shared_breaker import SharedBreakerRuntime
-from resilient._storage import (
+from resilient._storage import close_stores
+from resilient._storage_config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     ENV_STORAGE,
-    close_stores,
     configure_storage,
     parse_storage,
 )
