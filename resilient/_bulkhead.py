@@ -2,10 +2,17 @@
 
 One capacity is shared by sync and async callers of the same policy. Neither
 `threading.Semaphore` (blocks the event loop) nor `asyncio.Semaphore` (bound to one loop,
-not thread-safe) can do that, so this is a small hand-off semaphore: a counter under a
-lock held for a few instructions, and a FIFO of waiters, each either a thread lock or an
-asyncio future (woken with `call_soon_threadsafe`). A releasing caller hands its slot
-straight to the oldest waiter, so waiters are served in order and nobody barges ahead.
+not thread-safe) can do that, so this is a small hand-off semaphore: a list holding one
+token per free slot, and a FIFO of waiters, each either a thread lock or an asyncio
+future (woken with `call_soon_threadsafe`). A releasing caller whose slot a waiter needs
+hands it straight to the oldest one, so waiters are served in order, and a new caller
+does not take a free slot while anyone is queued.
+
+The uncontended path takes no lock: `list.pop()` and `list.append()` are each one atomic
+step under the GIL, so a slot is taken and given back in two C calls (a lock taken and
+released twice cost about 2k instructions more per call). The lock guards only the
+queue: a waiter joins it and then looks for a token, and a release puts its token back
+and then looks for waiters, so one of the two always sees the other.
 """
 
 from __future__ import annotations
@@ -75,33 +82,33 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class BulkheadRuntime:
     """The compiled bulkhead of one policy."""
 
-    __slots__ = ("_in_use", "_lock", "_waiters", "max_concurrent", "max_wait")
+    __slots__ = ("_free", "_lock", "_waiters", "max_concurrent", "max_wait")
 
     def __init__(self, config: Bulkhead) -> None:
         self.max_concurrent = config.max_concurrent
         self.max_wait = config.max_wait
-        self._in_use = 0
-        self._lock = threading.Lock()
+        #: One token per free slot (a slot handed to a waiter never comes back here).
+        self._free: list[None] = [None] * config.max_concurrent
+        self._lock = threading.Lock()  # guards `_waiters` and hand-overs, not the fast path
         self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
 
     @property
     def in_use(self) -> int:
         """Calls holding a slot now."""
-        return self._in_use
+        return self.max_concurrent - len(self._free)
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued before us."""
-        # acquire()/release() rather than `with`: on every call, the context manager
-        # protocol costs more than the lock itself (~200 ns against ~80 ns on 3.11).
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._in_use < self.max_concurrent and not self._waiters:
-                self._in_use += 1
-                return True
+        if self._waiters:
             return False
-        finally:
-            lock.release()
+        return self._take_token()
+
+    def _take_token(self) -> bool:
+        try:
+            self._free.pop()
+        except IndexError:
+            return False
+        return True
 
     def acquire_sync(self, wait: float, label: str) -> None:
         """Take a slot, waiting at most `wait` seconds, or raise `BulkheadFullError`."""
@@ -138,10 +145,12 @@ class BulkheadRuntime:
     def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
         """Queue a waiter; False means a slot was free after all and is now ours."""
         with self._lock:
-            if self._in_use < self.max_concurrent and not self._waiters:
-                self._in_use += 1
-                return False
+            # Join first, then look for a token: a release that put one back before we
+            # joined is seen here; one that puts it back after sees us (`release`).
             self._waiters.append(waiter)
+            if self._waiters[0] is waiter and self._take_token():
+                self._waiters.popleft()
+                return False
             return True
 
     def _withdraw(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
@@ -150,19 +159,20 @@ class BulkheadRuntime:
             if waiter.granted:
                 return True
             self._waiters.remove(waiter)
+            self._hand_over_needs_lock()  # a token meant for us goes to the next in line
             return False
 
     def release(self) -> None:
-        """Give the slot back, straight to the oldest waiter if there is one."""
-        lock = self._lock
-        lock.acquire()  # not `with`: see try_acquire
-        try:
-            if self._waiters:
-                self._waiters.popleft().wake()  # the slot changes hands; in_use unchanged
-            else:
-                self._in_use -= 1
-        finally:
-            lock.release()
+        """Give the slot back; if anyone is queued, the oldest waiter gets it."""
+        self._free.append(None)
+        if self._waiters:
+            with self._lock:
+                self._hand_over_needs_lock()
+
+    def _hand_over_needs_lock(self) -> None:
+        """Give free tokens to the oldest waiters (the slot changes hands; in_use unchanged)."""
+        while self._waiters and self._take_token():
+            self._waiters.popleft().wake()
 
     def _reject(self, label: str) -> BulkheadFullError:
         HUB.emit(EVENT_REJECTED, label, logging.WARNING, max_concurrent=self.max_concurrent)

@@ -8,9 +8,11 @@ is queued from the bulkhead's own queue, so nothing here sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, SupportsIndex, cast
 
 import pytest
 
@@ -333,5 +335,118 @@ def test_threads_beyond_capacity_are_rejected_without_blocking() -> None:
         thread.join(timeout=LONG_WAIT)
     assert outcomes == ["rejected"] * 8
     gate.set()
+    holder.join(timeout=LONG_WAIT)
+    assert runtime.in_use == 0
+
+
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+    """Make the interpreter switch threads every microsecond: races show up within a test run."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@pytest.mark.usefixtures("frequent_thread_switches")
+def test_racing_threads_never_exceed_the_capacity_and_every_waiter_is_served() -> None:
+    """16 threads x 200 calls through 3 slots, waiting as long as needed: no call runs beyond
+    the capacity, none is rejected or stranded in the queue, and every slot comes back.
+
+    The slot is taken and given back without a lock (list pop/append) while waiters queue
+    under one; this drives both paths at once, with the interpreter switching threads
+    between almost any two bytecodes.
+    """
+    capacity, threads, calls = 3, 16, 200
+    policy = Policy(bulkhead=Bulkhead(max_concurrent=capacity, max_wait=LONG_WAIT))
+    runtime = runtime_of(policy)
+    counter = threading.Lock()
+    running = peak = completed = 0
+
+    @policy
+    def work() -> None:
+        nonlocal running, peak, completed
+        with counter:
+            running += 1
+            peak = max(peak, running)
+        with counter:
+            running -= 1
+            completed += 1
+
+    failures: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            for _ in range(calls):
+                work()
+        except BaseException as error:  # reported by the assertion below
+            failures.append(error)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=LONG_WAIT)
+
+    assert failures == []
+    assert completed == threads * calls
+    assert 1 <= peak <= capacity
+    assert runtime.in_use == 0
+    assert len(runtime._waiters) == 0
+
+
+class RacingTokens(list[None]):
+    """The bulkhead's free-slot tokens, rigged for one race: the first pop that finds no token
+    while the bulkhead's queue lock is held (a caller joining the queue) runs `on_empty`, then
+    reports failure, as if the slot came back a moment too late."""
+
+    def __init__(self, queue_lock: threading.Lock, on_empty: Callable[[], None]) -> None:
+        super().__init__()
+        self.queue_lock = queue_lock
+        self.on_empty: Callable[[], None] | None = on_empty
+        self.returned = threading.Event()
+
+    def pop(self, index: SupportsIndex = -1) -> None:
+        """`list.pop`, running the hook at the chosen miss."""
+        hook = self.on_empty
+        if not self and hook is not None and self.queue_lock.locked():
+            self.on_empty = None
+            hook()
+            raise IndexError("pop from empty list")  # what it found before the slot came back
+        return super().pop(index)
+
+    def append(self, item: None) -> None:
+        """`list.append`, noting that a slot came back."""
+        super().append(item)
+        self.returned.set()
+
+
+def test_a_slot_released_while_a_caller_joins_the_queue_reaches_that_caller() -> None:
+    """The lost-wake-up race: the only slot comes back just as a caller, having found none,
+    is joining the queue. The caller must get it at once rather than wait out `max_wait`."""
+    policy = Policy(bulkhead=Bulkhead(max_concurrent=1, max_wait=5.0))
+    runtime = runtime_of(policy)
+    inside, gate = threading.Event(), threading.Event()
+
+    @policy
+    def work(hold: bool) -> str:
+        if hold:
+            inside.set()
+            assert gate.wait(timeout=LONG_WAIT)
+        return "ran"
+
+    holder = threading.Thread(target=work, args=(True,))
+    holder.start()
+    assert inside.wait(timeout=LONG_WAIT)
+
+    def holder_returns_its_slot() -> None:
+        gate.set()  # the holder's call ends and it puts its slot back...
+        assert tokens.returned.wait(timeout=LONG_WAIT)  # ...while the caller is mid-way
+
+    tokens = RacingTokens(runtime._lock, on_empty=holder_returns_its_slot)
+    runtime._free = tokens
+    assert work(False) == "ran"  # handed over: a caller left waiting would be rejected after max_wait
     holder.join(timeout=LONG_WAIT)
     assert runtime.in_use == 0
