@@ -288,7 +288,7 @@ def access_fields(
     """
     fields: dict[str, Any] = {
         "policy": POLICY,
-        "method": loggable(method),
+        "method": method if method in _KNOWN_METHODS else loggable(method),
         "path": display_target(path, query),
         "route": route,
         "status": status,
@@ -296,7 +296,7 @@ def access_fields(
         "bytes": sent,
         "client": client,
         "request_id": request_id,
-        "user_agent": loggable(user_agent),
+        "user_agent": _logged_user_agent(user_agent),
     }
     if rejection is not None:
         fields["rejection"] = rejection
@@ -309,8 +309,8 @@ def log_access(level: int, fields: dict[str, Any], span: Span | None) -> None:
     With listeners the event goes through the hub like any other. Without, the line is all
     that is left to do (``http.access`` feeds no metric, and the SERVER span carries its
     fields), so it goes straight to the logger: no `Event`, no second level check, and no
-    redaction scan of the fields that are safe by construction. The user agent is the one
-    field a client wrote freely: it is redacted as the hub would. `span` is the request's
+    redaction scan of the fields that are safe by construction (the user agent, the one field
+    a client wrote freely, was redacted by `access_fields`). `span` is the request's
     SERVER span (None when tracing is off): its ids join the line to the trace, read from
     it rather than looked up in the current context.
     """
@@ -318,7 +318,6 @@ def log_access(level: int, fields: dict[str, Any], span: Span | None) -> None:
         policy = fields.pop("policy")
         HUB.emit(EVENT_ACCESS, policy, level, **fields)
         return
-    fields["user_agent"] = _redacted_user_agent(fields["user_agent"])
     if span is None:  # an outer middleware's span may be current: the logger looks it up
         HUB.logger.log(level, EVENT_ACCESS, fields)
         return
@@ -327,9 +326,9 @@ def log_access(level: int, fields: dict[str, Any], span: Span | None) -> None:
 
 # A service sees the same few user agents over and over, and the scan costs 1-2 µs.
 @functools.lru_cache(maxsize=256)
-def _redacted_user_agent(user_agent: str) -> str:
-    """`redact_text` of a user agent, cached."""
-    return redact_text(user_agent)
+def _logged_user_agent(user_agent: str) -> str:
+    """A user agent as the access line carries it: `loggable`, then `redact_text`; cached."""
+    return redact_text(loggable(user_agent))
 
 
 def emit_rejection(status: int, route: str, **fields: Any) -> None:

@@ -152,6 +152,27 @@ async def test_one_access_line_with_every_field(access: list[instrumentation.Eve
     assert event.level == 20
 
 
+async def test_a_secret_in_the_user_agent_is_masked_on_the_line_and_for_listeners() -> None:
+    """The user agent is the one access field a client writes freely: it is redacted on the
+    log line, whether the line goes through the hub (a listener is registered) or straight to
+    the logger (none is), and in the event the listener receives."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture])
+    heard: list[instrumentation.Event] = []
+    headers = {"User-Agent": "probe/1 token=s3cr3t"}
+    async with client_for(fastapi_app()) as client:
+        instrumentation.add_listener(heard.append)
+        try:
+            await client.get("/items/1", headers=headers)
+        finally:
+            instrumentation.remove_listener(heard.append)
+        await client.get("/items/2", headers=headers)
+    [event] = [event for event in heard if event.name == "http.access"]
+    assert event.fields["user_agent"] == "probe/1 token=***"
+    lines = [entry for entry in capture.entries if entry["event"] == "http.access"]
+    assert [line["user_agent"] for line in lines] == ["probe/1 token=***", "probe/1 token=***"]
+
+
 # --- tracing ---------------------------------------------------------------------------------
 
 
