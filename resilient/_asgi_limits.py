@@ -83,43 +83,47 @@ class RequestTimer:
     the request's nested calls, until `close`.
     """
 
-    __slots__ = ("_armed", "_cancelling", "_settled", "_task", "_token", "_watch", "_watchdog")
+    # `task`, `when` and `fired` make the timer its own `_timeout.Watch`: the watchdog keeps
+    # it, not a separate object per request.
+    __slots__ = ("_armed", "_cancelling", "_settled", "_token", "_watchdog", "fired", "task", "when")
 
     def __init__(self, task: asyncio.Task[Any], instant: float, now: float) -> None:
-        self._task = task
+        self.task = task
+        self.fired = False
         self._cancelling = task.cancelling()
         self._settled = False
         loop = task.get_loop()
         watchdog = self._watchdog = watchdog_for(loop)
         # `instant` is on `time.monotonic`, which is the clock of asyncio's own loops.
-        self._watch = watchdog.arm(task, instant if watchdog.on_monotonic_clock else loop.time() + (instant - now))
+        self.when = instant if watchdog.on_monotonic_clock else loop.time() + (instant - now)
+        watchdog.add(self)
         self._armed = True
         self._token = deadline._DEADLINE.set(instant)
 
     @property
     def expired(self) -> bool:
         """Whether the deadline passed (and the task was cancelled for it)."""
-        return self._watch.fired
+        return self.fired
 
     def stop(self) -> None:
         """Disarm the timer: the response is complete, or the app returned."""
         if self._armed:  # a flag test is cheaper than a second call into the watchdog
             self._armed = False
-            self._watchdog.disarm(self._watch)
+            self._watchdog.disarm(self)
 
     def settle(self) -> bool:
         """After the app: withdraw our cancel request; True when it is what stopped the app."""
-        if not self._watch.fired or self._settled:
+        if not self.fired or self._settled:
             return False
         self._settled = True
-        return self._task.uncancel() <= self._cancelling
+        return self.task.uncancel() <= self._cancelling
 
     def close(self) -> None:
         """The app returned: disarm, withdraw a cancellation the app swallowed, restore the deadline."""
         if self._armed:  # else the response completed and `stop` ran already
             self._armed = False
-            self._watchdog.disarm(self._watch)
-        if self._watch.fired:
+            self._watchdog.disarm(self)
+        if self.fired:
             self.settle()
         deadline._DEADLINE.reset(self._token)
 

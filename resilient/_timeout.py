@@ -22,7 +22,7 @@ import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from resilient._validate import check_int, check_seconds
 
@@ -124,6 +124,14 @@ class ThreadRunner:
                 self._idle += 1
 
 
+class Watch(Protocol):
+    """What the watchdog keeps per armed deadline: the task, its deadline, whether it fired."""
+
+    task: asyncio.Task[Any]
+    when: float
+    fired: bool
+
+
 class _Watch:
     """One armed deadline: the task to cancel and whether the watchdog fired for it."""
 
@@ -151,7 +159,7 @@ class DeadlineWatchdog:
         #: Whether `loop.time()` is `time.monotonic()` (asyncio's own loops; uvloop keeps its
         #: own clock): then a deadline on `time.monotonic` needs no conversion to loop time.
         self.on_monotonic_clock = type(loop).time is asyncio.BaseEventLoop.time
-        self._watches: set[_Watch] = set()
+        self._watches: set[Watch] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -163,7 +171,14 @@ class DeadlineWatchdog:
             self._schedule(when)
         return watch
 
-    def disarm(self, watch: _Watch) -> None:
+    def add(self, watch: Watch) -> None:
+        """`arm` for a watch the caller built (`_asgi_limits.RequestTimer` is its own: one object
+        fewer per request); `watch.fired` must be False."""
+        self._watches.add(watch)
+        if watch.when < self._timer_at:
+            self._schedule(watch.when)
+
+    def disarm(self, watch: Watch) -> None:
         """The call finished (or failed) before its deadline: forget it."""
         self._watches.discard(watch)
 

@@ -152,10 +152,12 @@ async def test_one_access_line_with_every_field(access: list[instrumentation.Eve
     assert event.level == 20
 
 
-async def test_a_secret_in_the_user_agent_is_masked_on_the_line_and_for_listeners() -> None:
-    """The user agent is the one access field a client writes freely: it is redacted on the
-    log line, whether the line goes through the hub (a listener is registered) or straight to
-    the logger (none is), and in the event the listener receives."""
+async def test_a_secret_in_the_user_agent_is_masked_on_the_line_the_span_and_for_listeners(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The user agent is the one field a client writes freely: it is redacted on the log line,
+    whether the line goes through the hub (a listener is registered) or straight to the
+    logger (none is), in the event the listener receives, and on the SERVER span."""
     capture = structlog.testing.LogCapture()
     structlog.configure(processors=[capture])
     heard: list[instrumentation.Event] = []
@@ -171,6 +173,12 @@ async def test_a_secret_in_the_user_agent_is_masked_on_the_line_and_for_listener
     assert event.fields["user_agent"] == "probe/1 token=***"
     lines = [entry for entry in capture.entries if entry["event"] == "http.access"]
     assert [line["user_agent"] for line in lines] == ["probe/1 token=***", "probe/1 token=***"]
+    ours = [
+        span
+        for span in spans.get_finished_spans()
+        if span.instrumentation_scope is not None and span.instrumentation_scope.name == "resilient"
+    ]
+    assert [(span.attributes or {}).get("user_agent.original") for span in ours] == ["probe/1 token=***"] * 2
 
 
 # --- tracing ---------------------------------------------------------------------------------

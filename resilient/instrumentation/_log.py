@@ -92,7 +92,9 @@ class EventLogger:
         # One lazy proxy for the process, as structlog recommends: it follows the app's
         # configuration and lets `cache_logger_on_first_use` work.
         self._app = structlog.get_logger(LOGGER_NAME)
-        #: The cached app logger's fixed level, once known: see `_app_enabled_for`.
+        #: The app logger structlog cached on first use, and its fixed level, once known: see
+        #: `_app_enabled_for`. The proxy would hand back that same logger on every `bind()`.
+        self._app_cached: Any = None
         self._app_floor: int | None = None
         self.enabled = True
 
@@ -125,6 +127,7 @@ class EventLogger:
             # it): every later event goes to it, so its level is the answer from now on.
             # Reconfiguring structlog does not change a cached logger, here or in the app.
             self._app_floor = logger.get_effective_level()
+            self._app_cached = logger
         check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
         if check is None:
             return True
@@ -140,16 +143,18 @@ class EventLogger:
         event dict (no copy).
         """
         if _STRUCTLOG.is_configured:
-            # `bind()` rather than an attribute of the lazy proxy: its `__getattr__` binds
-            # too, through one more Python call, and a logger cached on first use is then
-            # returned as is.
-            self._app.bind().log(level, name, **add_request_id(None, "", add_trace_context(None, "", fields)))
+            # The logger structlog cached, else `bind()` of the lazy proxy (rather than an
+            # attribute of it: its `__getattr__` binds too, through one more Python call).
+            cached = self._app_cached
+            logger = self._app.bind() if cached is None else cached
+            logger.log(level, name, **add_request_id(None, "", add_trace_context(None, "", fields)))
         else:
             self._fallback.log(level, name, **fields)
 
     def log_joined(self, level: int, name: str, fields: Mapping[str, Any]) -> None:
         """`log` for fields that carry the request and trace ids already (the access line)."""
         if _STRUCTLOG.is_configured:
-            self._app.bind().log(level, name, **fields)
+            cached = self._app_cached
+            (self._app.bind() if cached is None else cached).log(level, name, **fields)
         else:
             self._fallback.log(level, name, **fields)
