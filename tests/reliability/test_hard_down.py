@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from resilient import CircuitBreaker, CircuitOpenError, resilient, testing
+from resilient import CircuitBreaker, CircuitOpenError, instrumentation, resilient, testing
 from resilient.httpx import ResilientTransport
 from resilient.instrumentation import Event
 from resilient.testing import Fault, FaultyUpstream, ReceivedRequest
@@ -30,6 +30,10 @@ PROBE_CYCLES = 3
 HAMMER_THREADS = 8
 HAMMER_TASKS = 50
 PACE = 0.001  # seconds between one hammering caller's calls: load, not synchronisation
+# The probing phase lasts until PROBE_CYCLES probes went out, not a fixed time: on a loaded
+# machine a cycle (reset timeout, probe round trip) takes longer than RESET_TIMEOUT. This is
+# only the bound past which the breaker is taken to have stopped probing.
+PROBE_PHASE_CAP = 30.0
 AFTER_RECOVERY = 200
 
 
@@ -91,6 +95,22 @@ def count(events: list[Event], name: str) -> int:
     return sum(1 for event in events if event.name == name)
 
 
+class ProbeCounter:
+    """Counts ``breaker.half_opened`` events as they arrive, for a loop condition (the full event
+    list grows with every rejected call: counting it on every turn would be quadratic)."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+
+    def __call__(self, event: Event) -> None:
+        if event.name == "breaker.half_opened":
+            self.probes += 1
+
+    def probing(self, deadline: float) -> bool:
+        """Whether fewer than PROBE_CYCLES probes went out, within `deadline` (monotonic)."""
+        return self.probes < PROBE_CYCLES and time.monotonic() < deadline
+
+
 @pytest.mark.parametrize("entry", ["decorator-sync", "transport-sync"])
 def test_hard_down_then_recovery_sync(entry: str, figures: Figures, events: list[Event]) -> None:
     """Sync callers: opens after exactly the threshold, fails fast (< 1 ms median), probes only, closes on recovery."""
@@ -134,28 +154,27 @@ def test_hard_down_then_recovery_sync(entry: str, figures: Figures, events: list
             # 3. Still down, callers hammering: the upstream sees the half-open probes and nothing else.
             before_probing = upstream.requests
             half_opened_before = count(events, "breaker.half_opened")
-            hammer = Tally()
-            stop = threading.Event()
+            hammer, counter = Tally(), ProbeCounter()
+            deadline = time.monotonic() + PROBE_PHASE_CAP
+            instrumentation.add_listener(counter)
 
             def hammering() -> None:
-                while not stop.is_set():
+                while counter.probing(deadline):
                     hammer.add(*sync_outcome(fetch))
                     time.sleep(PACE)
 
             threads = [threading.Thread(target=hammering) for _ in range(HAMMER_THREADS)]
-            for thread in threads:
-                thread.start()
             try:
-                for _ in range(PROBE_CYCLES):
-                    time.sleep(RESET_TIMEOUT)  # waiting out the reset timeout: what is under test
-            finally:
-                stop.set()
                 for thread in threads:
-                    thread.join(timeout=10)
+                    thread.start()
+                for thread in threads:
+                    thread.join(timeout=PROBE_PHASE_CAP + 10)
+            finally:
+                instrumentation.remove_listener(counter)
             probes = count(events, "breaker.half_opened") - half_opened_before
             probe_requests = upstream.requests - before_probing
             assert not any(thread.is_alive() for thread in threads)
-            assert probes >= PROBE_CYCLES - 1
+            assert probes >= PROBE_CYCLES
             assert probe_requests == probes
             assert hammer.failed == probes
             assert hammer.ok == 0
@@ -216,18 +235,24 @@ async def test_hard_down_then_recovery_async(figures: Figures, events: list[Even
         assert upstream.requests == THRESHOLD + probes_so_far
         before_probing = upstream.requests
         half_opened_before = count(events, "breaker.half_opened")
-        hammer = Tally()
-        deadline = time.monotonic() + PROBE_CYCLES * RESET_TIMEOUT
+        hammer, counter = Tally(), ProbeCounter()
+        deadline = time.monotonic() + PROBE_PHASE_CAP
 
         async def hammering() -> None:
-            while time.monotonic() < deadline:
+            while counter.probing(deadline):
                 hammer.add(*await async_outcome(fetch))
                 await asyncio.sleep(PACE)
 
-        await asyncio.wait_for(asyncio.gather(*(hammering() for _ in range(HAMMER_TASKS))), timeout=30)
+        instrumentation.add_listener(counter)
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(hammering() for _ in range(HAMMER_TASKS))), timeout=PROBE_PHASE_CAP + 10
+            )
+        finally:
+            instrumentation.remove_listener(counter)
         probes = count(events, "breaker.half_opened") - half_opened_before
         probe_requests = upstream.requests - before_probing
-        assert probes >= PROBE_CYCLES - 1
+        assert probes >= PROBE_CYCLES
         assert probe_requests == probes
         assert hammer.failed == probes
         assert hammer.ok == 0
