@@ -88,7 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"({len(cases)} cases in {time.perf_counter() - started:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps(to_json(sections, header, command), indent=2) + "\n")
-    return 0
+    return report_failures(results)
+
+
+def report_failures(results: Sequence[Result]) -> int:
+    """1 (and the broken cases on stderr) when a case broke, else 0. A peer not installed or
+    Redis not running is an n/a row, not a failure: the run says so and goes on."""
+    failed = [result for result in results if result.failed]
+    for result in failed:
+        print(f"FAILED {result.case.section} | {result.case.name}: {result.note}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def measure(

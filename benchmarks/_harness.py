@@ -82,6 +82,9 @@ class Result:
     loops: int = 0
     samples: tuple[int, ...] = ()  # "ns": each repeat's time; "instr": the totals of the N and 2N runs
     note: str = ""
+    #: The case broke (its setup or its calls raised): unlike a peer not installed or Redis
+    #: not running, that is a defect, and the runner exits non-zero (see `__main__.main`).
+    failed: bool = False
 
     @property
     def ns_per_call(self) -> float | None:
@@ -101,7 +104,7 @@ class Timing:
 
     def result(self) -> Result:
         if self.error:
-            return Result(case=self.case, note=self.error)
+            return Result(case=self.case, note=self.error, failed=True)
         median = statistics.median(self.samples)
         return Result(case=self.case, per_call=median / self.loops, loops=self.loops, samples=tuple(self.samples))
 
@@ -184,7 +187,7 @@ def _build(case: Case, stack: ExitStack) -> Timing | Result:
     except ImportError as exc:
         return Result(case=case, note=f"n/a (not installed: {exc.name or exc})")
     except Exception as exc:
-        return Result(case=case, note=f"n/a (setup failed: {type(exc).__name__}: {exc})")
+        return Result(case=case, note=f"n/a (setup failed: {type(exc).__name__}: {exc})", failed=True)
 
 
 def _failed(timing: Timing, exc: Exception) -> None:

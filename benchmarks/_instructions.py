@@ -191,7 +191,7 @@ def count(valgrind: str, probe: Result, seeds: int = 1) -> Result:
     try:
         pairs = [count_pair(valgrind, probe.case, loops, seed) for seed in range(seeds)]
     except CountError as exc:
-        return Result(case=probe.case, note=f"error ({exc})")
+        return Result(case=probe.case, note=f"error ({exc})", failed=True)
     return Result(
         case=probe.case,
         per_call=mean_per_call(pairs, loops),

@@ -37,7 +37,7 @@ def _storage(stack: ExitStack, *, shared: bool) -> str:
 
 def _store(stack: ExitStack) -> Any:
     """The library's own store for the local Redis: its clients are the ones the rows use."""
-    parse = resilient_api("parse_storage", "resilient._storage")
+    parse = resilient_api("parse_storage", "resilient._storage_config")
     return resilient_api("store_for", "resilient._storage")(parse("storage", _storage(stack, shared=True)))
 
 

@@ -9,6 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
+from benchmarks.__main__ import report_failures
 from benchmarks._harness import (
     Case,
     Result,
@@ -19,6 +20,7 @@ from benchmarks._harness import (
     batches,
 )
 from benchmarks._report import build_sections, format_ratio, overhead_ratio, render
+from benchmarks._support import resilient_api
 
 TINY = Settings(target_seconds=0.001, repeats=3, warmups=0)
 SECTION = "smoke"
@@ -41,7 +43,7 @@ def _cheap_async(_stack: ExitStack) -> SyncBench:
 
 
 def _missing(_stack: ExitStack) -> SyncBench:
-    raise UnavailableError("resilient.Nothing not available yet")
+    raise UnavailableError("not installed: somepeer")
 
 
 def _cases() -> list[Case]:
@@ -78,7 +80,7 @@ def test_unavailable_and_async_cases_run_in_the_same_pass() -> None:
     ]
     results = _run(cases)
     assert results[2].ns_per_call is not None
-    assert results[3].note == "n/a (resilient.Nothing not available yet)"
+    assert results[3].note == "n/a (not installed: somepeer)"
     assert "missing" in render(build_sections(results), "header")
 
 
@@ -108,3 +110,37 @@ def test_a_case_that_fails_while_timed_becomes_an_error_row() -> None:
     results = _run([*_cases(), Case(section=SECTION, name="broken", setup=broken)])
     assert results[2].note == "error (RuntimeError: boom)"
     assert results[1].ns_per_call is not None
+
+
+def test_a_broken_case_fails_the_run_and_a_missing_peer_does_not(capsys: pytest.CaptureFixture[str]) -> None:
+    """A case whose setup or calls raise is a failed row, and the runner exits 1 naming it; a
+    peer not installed (or Redis not running) is an n/a row, and the run still passes."""
+
+    def broken_setup(_stack: ExitStack) -> SyncBench:
+        gone: SyncBench = resilient_api("no_such_name", "resilient")  # what a moved name looks like
+        return gone
+
+    def broken_call(_stack: ExitStack) -> SyncBench:
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        return fail
+
+    healthy = _run([*_cases(), Case(section=SECTION, name="missing", setup=_missing)])
+    assert [result.failed for result in healthy] == [False, False, False]
+    assert report_failures(healthy) == 0
+
+    broken = _run(
+        [
+            *_cases(),
+            Case(section=SECTION, name="moved", setup=broken_setup),
+            Case(section=SECTION, name="raises", setup=broken_call),
+        ]
+    )
+    assert [result.failed for result in broken] == [False, False, True, True]
+    assert "resilient.no_such_name is gone" in broken[2].note
+    assert report_failures(broken) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"FAILED smoke | moved: {broken[2].note}",
+        f"FAILED smoke | raises: {broken[3].note}",
+    ]
