@@ -12,13 +12,16 @@ The uncontended path takes no lock: `list.pop()` and `list.append()` are each on
 step under the GIL, so a slot is taken and given back in two C calls (a lock taken and
 released twice cost about 2k instructions more per call). The lock guards only the
 queue: a waiter joins it and then looks for a token, and a release puts its token back
-and then looks for waiters, so one of the two always sees the other.
+and then looks for waiters, so one of the two always sees the other. Without a GIL
+(a free-threaded build) that last look is made under the lock too: list operations stay
+atomic there, but only the lock orders a release's look after its token is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sysconfig
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ __all__ = ["EVENT_REJECTED", "Bulkhead", "BulkheadRuntime"]
 
 DEFAULT_MAX_WAIT = 0.0
 EVENT_REJECTED = "bulkhead.rejected"
+
+#: A free-threaded build: `release` looks for waiters under the lock (see the module docstring).
+_NO_GIL = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,7 +171,7 @@ class BulkheadRuntime:
     def release(self) -> None:
         """Give the slot back; if anyone is queued, the oldest waiter gets it."""
         self._free.append(None)
-        if self._waiters:
+        if self._waiters or _NO_GIL:
             with self._lock:
                 self._hand_over_needs_lock()
 

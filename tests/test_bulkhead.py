@@ -16,7 +16,7 @@ from typing import Any, SupportsIndex, cast
 
 import pytest
 
-from resilient import Bulkhead, BulkheadFullError, Policy, ResilienceError, deadline, instrumentation
+from resilient import Bulkhead, BulkheadFullError, Policy, ResilienceError, _bulkhead, deadline, instrumentation
 from resilient._bulkhead import BulkheadRuntime
 
 LONG_WAIT = 30.0  # a wait the tests end long before (by releasing); only a hung test reaches it
@@ -351,7 +351,10 @@ def frequent_thread_switches() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("frequent_thread_switches")
-def test_racing_threads_never_exceed_the_capacity_and_every_waiter_is_served() -> None:
+@pytest.mark.parametrize("free_threaded", [False, True], ids=["gil", "free-threaded-release"])
+def test_racing_threads_never_exceed_the_capacity_and_every_waiter_is_served(
+    free_threaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """16 threads x 200 calls through 3 slots, waiting as long as needed: no call runs beyond
     the capacity, none is rejected or stranded in the queue, and every slot comes back.
 
@@ -359,6 +362,7 @@ def test_racing_threads_never_exceed_the_capacity_and_every_waiter_is_served() -
     under one; this drives both paths at once, with the interpreter switching threads
     between almost any two bytecodes.
     """
+    monkeypatch.setattr(_bulkhead, "_NO_GIL", free_threaded)  # the release a free-threaded build runs
     capacity, threads, calls = 3, 16, 200
     policy = Policy(bulkhead=Bulkhead(max_concurrent=capacity, max_wait=LONG_WAIT))
     runtime = runtime_of(policy)
