@@ -337,25 +337,19 @@ async def test_finished_calls_leave_nothing_armed() -> None:
 # own, the policy's total, or a deadline inherited from the caller.
 
 
-async def test_an_exceeded_attempt_timeout_names_the_attempt_scope() -> None:
-    @resilient(timeout=Timeout(total=5.0, attempt=0.03))
+@pytest.mark.parametrize(
+    ("total", "attempt", "scope"),
+    [(5.0, 0.03, "attempt"), (0.03, 5.0, "total")],
+    ids=["the attempt's own limit", "a total tighter than the attempt"],
+)
+async def test_an_exceeded_limit_names_its_scope_and_timeout(total: float, attempt: float, scope: str) -> None:
+    @resilient(timeout=Timeout(total=total, attempt=attempt))
     async def hang() -> None:
         await asyncio.Event().wait()
 
     with pytest.raises(DeadlineExceededError) as raised:
         await hang()
-    assert raised.value.scope == "attempt"
-    assert raised.value.timeout == pytest.approx(0.03)
-
-
-async def test_a_total_tighter_than_the_attempt_names_the_total_scope() -> None:
-    @resilient(timeout=Timeout(total=0.03, attempt=5.0))
-    async def hang() -> None:
-        await asyncio.Event().wait()
-
-    with pytest.raises(DeadlineExceededError) as raised:
-        await hang()
-    assert raised.value.scope == "total"
+    assert raised.value.scope == scope
     assert raised.value.timeout == pytest.approx(0.03)
 
 
