@@ -118,15 +118,23 @@ class BulkheadRuntime:
 
     def acquire_sync(self, wait: float, label: str) -> None:
         """Take a slot, waiting at most `wait` seconds, or raise `BulkheadFullError`."""
+        if not self.wait_for_slot(wait):
+            raise self._reject(label)
+
+    def wait_for_slot(self, wait: float) -> bool:
+        """Take a slot, blocking the thread at most `wait` seconds; False when none came.
+
+        Emits nothing: a caller that answers the refusal itself (the WSGI middleware's 503)
+        reports it in its own words.
+        """
         if self.try_acquire():
-            return
+            return True
         if wait > 0:
             waiter = _ThreadWaiter()
             if not self._enqueue(waiter) or waiter.lock.acquire(timeout=wait):
-                return
-            if self._withdraw(waiter):
-                return
-        raise self._reject(label)
+                return True
+            return self._withdraw(waiter)
+        return False
 
     async def acquire_async(self, wait: float, label: str) -> None:
         """Async twin of `acquire_sync`: the wait suspends the task, never the loop."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from resilient._edge import ERRORS, REJECTIONS, RoutePlan, error_body, error_headers
 from resilient._edge_telemetry import emit_rejection, report_unhandled
 from resilient._errors import DeadlineExceededError
-from resilient._wsgi_limits import SyncGate
+from resilient._wsgi_limits import LimitedInput, SyncGate
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -56,7 +56,9 @@ class Exchange:
     app_status: str | None = None
     app_headers: _StrHeaders = []  # noqa: RUF012 - replaced, never mutated
     status = 0
-    sent = complete = body_too_large = False
+    sent = complete = False
+    #: The request body's size-limited stream, when the body's length was not declared.
+    limited_input: LimitedInput | None = None
     sent_bytes = 0
     deadline: float | None = None
     ended: float | None = None
@@ -73,6 +75,12 @@ class Exchange:
         self._start_response = start_response
         self.request_id = request_id
         self.response_headers = headers
+
+    @property
+    def body_too_large(self) -> bool:
+        """Whether the app read past the body-size limit."""
+        limited = self.limited_input
+        return limited is not None and limited.too_large
 
     def start_response(self, status: str, headers: _StrHeaders, exc_info: ExcInfo | None = None) -> Write:
         """The app's `start_response`: recorded, passed on only when the body starts (PEP 3333)."""
@@ -94,9 +102,11 @@ class Exchange:
 
     def replacement(self) -> int | None:
         """A status that must replace the app's response before it starts: 413, 504, or None."""
-        if self.body_too_large:
+        # `body_too_large` and `deadline_passed` written out: this runs on every response.
+        limited, deadline = self.limited_input, self.deadline
+        if limited is not None and limited.too_large:
             return 413
-        if self.deadline_passed():
+        if deadline is not None and time.monotonic() >= deadline:
             return 504
         return None
 

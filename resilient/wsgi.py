@@ -89,17 +89,19 @@ class ResilientWSGIMiddleware:
         self._response_id_name = self.options.request_id_header
         self._on_success = self.options.ratelimit_headers_on_success
         self._legacy = self.options.legacy_ratelimit_headers
+        self._router = self._edge.router
+        self._request_id_environ = self._edge.request_id_environ if self.options.request_id else None
+        self._tracing = self.options.tracing
+        self._routed = bool(self.options.routes)  # else every request gets the default plan
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        request_id = self._request_id_of(environ)
-        headers = [] if request_id is None else [(self._response_id_name, request_id)]
+        if self._request_id_environ is None:
+            request_id, headers = None, []
+        else:
+            request_id = accept_request_id(environ.get(self._request_id_environ))
+            headers = [(self._response_id_name, request_id)]
         state = RequestState(self, environ, Exchange(environ, start_response, request_id, headers))
         return state.context.run(self._handle, state)
-
-    def _request_id_of(self, environ: Environ) -> str | None:
-        if not self.options.request_id:
-            return None
-        return accept_request_id(environ.get(self._edge.request_id_environ))
 
     # --- inside the request's context --------------------------------------------------------
 
@@ -108,7 +110,8 @@ class ResilientWSGIMiddleware:
         ex = state.ex
         if ex.request_id is not None:
             bind_request_id(ex.request_id)  # never unbound: the context is the request's own copy
-        self._start_span(state)
+        if self._tracing:
+            self._start_span(state)
         response = Response(self, state)
         try:
             return self._protect(state, response)
@@ -121,7 +124,7 @@ class ResilientWSGIMiddleware:
 
     def _protect(self, state: RequestState, response: Response) -> Iterable[bytes]:
         environ, ex = state.environ, state.ex
-        plan = self._edge.router.plan_for(environ.get("PATH_INFO", ""))
+        plan = self._router.plan_for(environ.get("PATH_INFO", "")) if self._routed else self._router.default
         state.plan = plan
         ex.route_label = plan.label
         rejection = self._rejected(environ, plan, ex)
@@ -142,12 +145,14 @@ class ResilientWSGIMiddleware:
         """Our response body when the request is refused before the app (400, 413, 429)."""
         limit = plan.max_body_size
         if limit is not None:
-            declared = environ.get("CONTENT_LENGTH") or None
-            verdict = content_length_verdict(declared, limit)
-            if verdict is not None:
-                return ex.reject(verdict)
-            if declared is None:
-                environ["wsgi.input"] = LimitedInput(environ.get("wsgi.input"), limit, ex)
+            declared = environ.get("CONTENT_LENGTH")
+            if declared:
+                verdict = content_length_verdict(declared, limit)
+                if verdict is not None:
+                    return ex.reject(verdict)
+            else:
+                limited = ex.limited_input = LimitedInput(environ.get("wsgi.input"), limit)
+                environ["wsgi.input"] = limited
         limiter = plan.limiter
         if limiter is None:
             return None
@@ -168,12 +173,14 @@ class ResilientWSGIMiddleware:
         """Publish the request's deadline in its context; False when the budget is already spent."""
         timeout = plan.timeout
         if self.options.honour_deadline_header:
-            timeout = effective_timeout(timeout, deadline.parse_header(state.environ.get(_DEADLINE_ENVIRON)))
+            caller = state.environ.get(_DEADLINE_ENVIRON)
+            if caller is not None:
+                timeout = effective_timeout(timeout, deadline.parse_header(caller))
         if timeout is None:
             return True
         state.timeout = timeout
         instant = time.monotonic() + timeout
-        outer = deadline.current()
+        outer = deadline._DEADLINE.get()
         if outer is not None and outer < instant:
             instant = outer
         # Set directly rather than through `deadline.scope`: this context is the request's own
@@ -224,7 +231,7 @@ class ResilientWSGIMiddleware:
     # --- tracing and the access log ----------------------------------------------------------
 
     def _start_span(self, state: RequestState) -> None:
-        tracer = HUB.otel.tracer() if self.options.tracing else None
+        tracer = HUB.otel.tracer()
         if tracer is None:
             return
         environ, ex = state.environ, state.ex

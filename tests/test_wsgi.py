@@ -23,6 +23,7 @@ from resilient._context import current_request_id
 from resilient.wsgi import ResilientWSGIMiddleware, RouteOptions
 
 from ._wsgi_server import serve_wsgi
+from .test_bulkhead import NotifyingQueue
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -243,6 +244,37 @@ def test_in_flight_limit_sheds_exactly_the_excess() -> None:
     assert [response.status_code for response in shed] == [503] * 5
     assert {response.headers["Retry-After"] for response in shed} == {"1"}
     assert [response.status_code for response in done] == [200] * 3
+
+
+def test_queued_requests_get_freed_slots_in_arrival_order() -> None:
+    """With a wait allowed, requests over the limit queue (no 503) and enter as slots free up, oldest first."""
+    first_entered, release = threading.Event(), threading.Event()
+    entered: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        entered.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/1":
+            first_entered.set()
+            release.wait(timeout=30)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    middleware = ResilientWSGIMiddleware(app, max_in_flight=1, max_in_flight_wait=30.0)
+    gate = middleware._edge.router.default.gate
+    assert gate is not None
+    waiters = gate._slots._waiters = NotifyingQueue()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # buffered: the test client reads and closes each response, which frees its slot
+        first = pool.submit(Client(middleware).get, "/1", buffered=True)
+        assert first_entered.wait(timeout=30)
+        second = pool.submit(Client(middleware).get, "/2", buffered=True)
+        waiters.wait_for_length(1)
+        third = pool.submit(Client(middleware).get, "/3", buffered=True)
+        waiters.wait_for_length(2)
+        release.set()
+        statuses = [future.result(timeout=30).status_code for future in (first, second, third)]
+    assert statuses == [200, 200, 200]
+    assert entered == ["/1", "/2", "/3"]
 
 
 # --- the cooperative deadline ----------------------------------------------------------------
