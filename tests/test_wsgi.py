@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -330,6 +332,33 @@ def test_body_limits_declared_and_chunked() -> None:
         headers={"Transfer-Encoding": "chunked"},
     )
     assert chunked.status_code == 413
+
+
+def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
+    """The size-limited body stream must not point back at the request: that made each request
+    a reference cycle, kept in memory until the next collection."""
+    seen: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(weakref.ref(environ["wsgi.input"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    middleware = ResilientWSGIMiddleware(app, max_body_size=100)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO()}
+    gc.disable()
+    try:
+        response = middleware(dict(environ), lambda _status, _headers, _exc=None: _ignore)
+        assert b"".join(response) == b"ok"
+        response.close()  # type: ignore[attr-defined]
+        del response
+        assert seen[0]() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+
+
+def _ignore(_data: bytes) -> None:
+    """The ``write`` a test's `start_response` hands back."""
 
 
 class _Chunks(io.BytesIO):
