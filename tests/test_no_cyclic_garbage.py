@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -96,12 +96,12 @@ def test_asgi_requests(loop: asyncio.AbstractEventLoop) -> None:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", home)], middleware=[Middleware(ResilientMiddleware, **EVERY_EDGE_FEATURE)])
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     async def request() -> None:
