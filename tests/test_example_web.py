@@ -32,9 +32,12 @@ async def test_fastapi_example() -> None:
 def test_flask_example() -> None:
     """Quotes succeed through retries, crashes are bare 500s, the 61st request is rate limited."""
     client = flask_app.app.test_client()
-    quotes = [client.get("/quotes/ACME") for _ in range(20)]
-    crash = client.get("/crash")
-    rest = [client.get("/quotes/ACME").status_code for _ in range(45)]
+    # buffered: the test client then reads and closes each response, as a WSGI server does.
+    # Unread and unclosed, a response would hold its in-flight slot (max_in_flight=32) until
+    # the garbage collector freed it, and later requests could get 503.
+    quotes = [client.get("/quotes/ACME", buffered=True) for _ in range(20)]
+    crash = client.get("/crash", buffered=True)
+    rest = [client.get("/quotes/ACME", buffered=True).status_code for _ in range(45)]
     assert [response.status_code for response in quotes] == [200] * 20
     assert quotes[0].json == {"symbol": "ACME", "price": 106.0}
     assert all(response.headers["X-Request-ID"] for response in quotes)
