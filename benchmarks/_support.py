@@ -22,6 +22,15 @@ HUGE_RATE = "1000000000/second"
 HUGE_RATE_AMOUNT = 1_000_000_000
 ARGUMENT = 1
 PHASES: tuple[tuple[Phase, str], ...] = (("plain", "no SDK"), ("sdk", "SDK tracer, no exporter"))
+#: The middlewares' options with every feature on (sections 9 and 13): request id, span,
+#: access log (one INFO line per request, rendered to devnull by `configure_structlog_filtered`)
+#: and error shield are defaults; these switch on the limits.
+EDGE_ALL_ON: dict[str, object] = {
+    "rate_limit": HUGE_RATE,
+    "max_in_flight": 1000,
+    "timeout": 30.0,
+    "max_body_size": 1_000_000,
+}
 
 
 def work(x: int) -> int:

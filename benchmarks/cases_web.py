@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._harness import Case, SyncBench
-from benchmarks._support import HUGE_RATE, PHASES, peer, resilient_api, sdk_tracer
+from benchmarks._support import EDGE_ALL_ON, HUGE_RATE, PHASES, peer, resilient_api, sdk_tracer
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -91,16 +91,6 @@ def correlation_id_middleware() -> Any:
 
 def resilient_middleware() -> Any:
     return resilient_api("ResilientMiddleware", "resilient.asgi")
-
-
-# Every feature on: request id, span, access log (one INFO line per request, rendered to
-# devnull by the structlog setup of `benchmarks._support`) and error shield are defaults.
-RESILIENT_ASGI_OPTIONS: dict[str, Any] = {
-    "rate_limit": HUGE_RATE,
-    "max_in_flight": 1000,
-    "timeout": 30.0,
-    "max_body_size": 1_000_000,
-}
 
 
 def asgi_setup(
@@ -210,13 +200,13 @@ def asgi_cases() -> list[Case]:
         (
             "+ resilient.asgi.ResilientMiddleware (all on)",
             "",
-            [(resilient_middleware, RESILIENT_ASGI_OPTIONS)],
+            [(resilient_middleware, EDGE_ALL_ON)],
             ASGI_PEERS,
         ),
         (
             "+ ResilientMiddleware (all on but access_log)",
             "",
-            [(resilient_middleware, {**RESILIENT_ASGI_OPTIONS, "access_log": False})],
+            [(resilient_middleware, {**EDGE_ALL_ON, "access_log": False})],
             ASGI_PEERS,
         ),
         ("floor: one app log line per request, by hand", "", [(log_line_middleware, {})], ()),
@@ -261,7 +251,7 @@ ASGI_COMBO_TRACED = f"{ASGI_COMBO}, traced caller"
 def traced_caller_cases(section: str) -> list[Case]:
     """The request carries a `traceparent`: each side's propagator has a parent to extract."""
     traced = (*HEADERS, TRACEPARENT)
-    resilient_all_on: list[MiddlewareSpec] = [(resilient_middleware, RESILIENT_ASGI_OPTIONS)]
+    resilient_all_on: list[MiddlewareSpec] = [(resilient_middleware, EDGE_ALL_ON)]
     combo: list[MiddlewareSpec] = [(correlation_id_middleware, {}), (slowapi_middleware, {}), (otel_middleware, {})]
     return [
         Case(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._harness import Case, SyncBench
-from benchmarks._support import HUGE_RATE, PHASES, peer, resilient_api
+from benchmarks._support import EDGE_ALL_ON, HUGE_RATE, PHASES, peer, resilient_api
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -98,14 +98,6 @@ def with_otel(app: Any) -> None:
     app.wsgi_app = peer("opentelemetry.instrumentation.wsgi").OpenTelemetryMiddleware(app.wsgi_app)
 
 
-# Every feature on, as in section 9: request id, span, access log and error shield are defaults.
-RESILIENT_WSGI_OPTIONS: dict[str, Any] = {
-    "rate_limit": HUGE_RATE,
-    "max_in_flight": 1000,
-    "timeout": 30.0,
-    "max_body_size": 1_000_000,
-}
-
 WSGI_COMBO = "Flask-Limiter + OTel WSGI"
 WSGI_PEERS = (WSGI_COMBO, "+ Flask-Limiter", "+ OTel OpenTelemetryMiddleware (WSGI)")
 
@@ -123,13 +115,13 @@ def cases() -> list[Case]:
         (
             "+ resilient.wsgi.ResilientWSGIMiddleware (all on)",
             "",
-            (with_resilient(**RESILIENT_WSGI_OPTIONS),),
+            (with_resilient(**EDGE_ALL_ON),),
             WSGI_PEERS,
         ),
         (
             "+ ResilientWSGIMiddleware (all on but access_log)",
             "",
-            (with_resilient(**RESILIENT_WSGI_OPTIONS, access_log=False),),
+            (with_resilient(**EDGE_ALL_ON, access_log=False),),
             WSGI_PEERS,
         ),
         ("+ Flask-Limiter", "Flask-Limiter", (with_flask_limiter,), ()),

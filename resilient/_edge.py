@@ -349,7 +349,7 @@ class Edge(Generic[G]):
         self.options = options
         header = options.request_id_header.lower()
         self.request_id_header = header.encode("latin-1") if options.request_id else None
-        self.request_id_environ = "HTTP_" + header.upper().replace("-", "_")
+        self.request_id_environ = "HTTP_" + header.upper().replace("-", "_") if options.request_id else None
         self.request_id_response_name = header.encode("latin-1")
         self.clients = ClientResolver(options.trusted_proxies)
         self.router: Router[G] = Router(options, make_gate)

@@ -29,17 +29,17 @@ class SyncGate:
     served in arrival order, which a semaphore does not promise.
     """
 
-    __slots__ = ("_slots", "_wait", "release")
+    __slots__ = ("_slots", "release")
 
     def __init__(self, size: int, wait: float) -> None:
         self._slots = BulkheadRuntime(Bulkhead(max_concurrent=size, max_wait=wait))
-        self._wait = wait
         #: Give the slot back (to the oldest waiter, if any).
         self.release = self._slots.release
 
     def acquire(self) -> bool:
         """Take a slot: True when admitted, False when the wait ran out (or was zero)."""
-        return self._slots.try_acquire() or self._slots.wait_for_slot(self._wait)
+        slots = self._slots
+        return slots.try_acquire() or slots.wait_for_slot(slots.max_wait)
 
 
 class LimitedInput:

@@ -90,7 +90,7 @@ class ResilientWSGIMiddleware:
         self._on_success = self.options.ratelimit_headers_on_success
         self._legacy = self.options.legacy_ratelimit_headers
         self._router = self._edge.router
-        self._request_id_environ = self._edge.request_id_environ if self.options.request_id else None
+        self._request_id_environ = self._edge.request_id_environ
         self._tracing = self.options.tracing
         self._routed = bool(self.options.routes)  # else every request gets the default plan
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from benchmarks import cases_wsgi
+from benchmarks._support import EDGE_ALL_ON
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -43,7 +44,7 @@ def test_bare_app_answers_ok() -> None:
 
 @pytest.mark.parametrize("access_log", [True, False])
 def test_resilient_case_answers_with_its_request_id(access_log: bool) -> None:
-    options = {**cases_wsgi.RESILIENT_WSGI_OPTIONS, "access_log": access_log}
+    options = {**EDGE_ALL_ON, "access_log": access_log}
     answer, body = _serve((cases_wsgi.with_resilient(**options),))
     assert (answer.status, body) == ("200 OK", b"ok")
     assert len(answer.headers["x-request-id"]) == 32
@@ -52,7 +53,7 @@ def test_resilient_case_answers_with_its_request_id(access_log: bool) -> None:
 # The cases run at a rate no benchmark reaches; at one a minute, the second request shows
 # that the limiter each case mounts counts every request.
 def test_resilient_case_rate_limit_counts_requests() -> None:
-    options = {**cases_wsgi.RESILIENT_WSGI_OPTIONS, "rate_limit": "1/minute"}
+    options = {**EDGE_ALL_ON, "rate_limit": "1/minute"}
     app = cases_wsgi.flask_app((cases_wsgi.with_resilient(**options),))
     statuses = [_status(app) for _ in range(2)]
     assert statuses == ["200 OK", "429 Too Many Requests"]

@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import cases_web
+from benchmarks._support import EDGE_ALL_ON
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -38,7 +39,7 @@ def test_bare_floor_carries_the_required_attributes_only(spans: InMemorySpanExpo
 
 def test_floor_as_ours_carries_what_the_middleware_span_carries(spans: InMemorySpanExporter) -> None:
     floor = _one_server_span(spans, [(cases_web.span_floor_middleware, {"as_ours": True})])
-    ours = _one_server_span(spans, [(cases_web.resilient_middleware, cases_web.RESILIENT_ASGI_OPTIONS)])
+    ours = _one_server_span(spans, [(cases_web.resilient_middleware, EDGE_ALL_ON)])
     assert floor.name == ours.name == "GET /"
     floor_attributes, our_attributes = dict(floor.attributes or {}), dict(ours.attributes or {})
     assert set(floor_attributes) == set(our_attributes) > REQUIRED

@@ -25,6 +25,8 @@ from resilient import resilient
 from resilient.asgi import ResilientMiddleware
 from resilient.wsgi import ResilientWSGIMiddleware
 
+from .test_wsgi import discarding_start_response
+
 EVERY_EDGE_FEATURE: dict[str, Any] = {
     "rate_limit": "1000000/second",
     "max_in_flight": 100,
@@ -135,16 +137,8 @@ def test_wsgi_requests() -> None:
 
     def request() -> None:
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO()}
-        response = middleware(environ, _start_response)
+        response = middleware(environ, discarding_start_response)
         assert b"".join(response) == b"ok"
         response.close()  # type: ignore[attr-defined]
 
     assert cyclic_garbage(request) == []
-
-
-def _start_response(_status: str, _headers: list[tuple[str, str]], _exc_info: Any = None) -> Callable[[bytes], None]:
-    return _ignore
-
-
-def _ignore(_data: bytes) -> None:
-    """The ``write`` `_start_response` hands back."""

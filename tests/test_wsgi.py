@@ -348,7 +348,7 @@ def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO()}
     gc.disable()
     try:
-        response = middleware(dict(environ), lambda _status, _headers, _exc=None: _ignore)
+        response = middleware(dict(environ), discarding_start_response)
         assert b"".join(response) == b"ok"
         response.close()  # type: ignore[attr-defined]
         del response
@@ -357,8 +357,13 @@ def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
         gc.enable()
 
 
+def discarding_start_response(_status: str, _headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+    """A `start_response` for tests that read only the body."""
+    return _ignore
+
+
 def _ignore(_data: bytes) -> None:
-    """The ``write`` a test's `start_response` hands back."""
+    """The ``write`` `discarding_start_response` hands back."""
 
 
 class _Chunks(io.BytesIO):
