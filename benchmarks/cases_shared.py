@@ -31,14 +31,14 @@ def _storage(stack: ExitStack, *, shared: bool) -> str:
     client = reachable_client(stack)
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     stack.callback(_delete_prefix, client, prefix)
-    stack.callback(resilient_api("close_stores", "resilient._storage"))
+    stack.callback(resilient_api("close_stores", "resilient._storage.store"))
     return f"{redis_url()}{'&' if '?' in redis_url() else '?'}key_prefix={prefix}"
 
 
 def _store(stack: ExitStack) -> Any:
     """The library's own store for the local Redis: its clients are the ones the rows use."""
-    parse = resilient_api("parse_storage", "resilient._storage_config")
-    return resilient_api("store_for", "resilient._storage")(parse("storage", _storage(stack, shared=True)))
+    parse = resilient_api("parse_storage", "resilient._storage.config")
+    return resilient_api("store_for", "resilient._storage.store")(parse("storage", _storage(stack, shared=True)))
 
 
 def ping(stack: ExitStack) -> SyncBench:

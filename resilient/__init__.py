@@ -10,22 +10,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from resilient import deadline
-from resilient._breaker import CircuitBreaker
-from resilient._budget import RetryBudget
-from resilient._bulkhead import Bulkhead
-from resilient._errors import (
+from resilient._engine.policy import Policy, resilient
+from resilient._kernel.errors import (
     BulkheadFullError,
     CircuitOpenError,
     DeadlineExceededError,
     RateLimitedError,
     ResilienceError,
 )
-from resilient._fallback import Fallback
-from resilient._policy import Policy, resilient
-from resilient._ratelimit import RateLimit
-from resilient._retry import Retry
-from resilient._storage_config import configure_storage
-from resilient._timeout import Timeout
+from resilient._storage.config import configure_storage
+from resilient._strategies.breaker import CircuitBreaker
+from resilient._strategies.budget import RetryBudget
+from resilient._strategies.bulkhead import Bulkhead
+from resilient._strategies.fallback import Fallback
+from resilient._strategies.ratelimit import RateLimit
+from resilient._strategies.retry import Retry
+from resilient._strategies.timeout import Timeout
 
 if TYPE_CHECKING:
     __version__: str

@@ -13,7 +13,7 @@ error shield (500 without exception text). See ``docs/middleware.md``.
 
 This is a plain ASGI class (no Starlette import, never ``BaseHTTPMiddleware``): the
 response is streamed through untouched, ``lifespan`` and ``websocket`` scopes pass through,
-and everything a request needs lives in one per-request `Exchange` (`_asgi_exchange`).
+and everything a request needs lives in one per-request `Exchange` (`_edge.asgi_exchange`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry import context as otel_context
 
 from resilient import deadline
-from resilient._asgi_exchange import BodyTooLargeError, Exchange, Headers, Receive, Send
-from resilient._asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer
-from resilient._edge import (
+from resilient._edge.asgi_exchange import BodyTooLargeError, Exchange, Headers, Receive, Send
+from resilient._edge.asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer
+from resilient._edge.core import (
     REJECTIONS,
     SHED_RETRY_AFTER,
     Edge,
@@ -42,8 +42,8 @@ from resilient._edge import (
     new_request_id,
     rate_limit_headers,
 )
-from resilient._edge_options import RequestInfo, RouteOptions, build_options
-from resilient._edge_telemetry import (
+from resilient._edge.options import RequestInfo, RouteOptions, build_options
+from resilient._edge.telemetry import (
     ASGI_HEADERS,
     access_fields,
     access_wanted,
@@ -76,7 +76,7 @@ _Refusal = tuple[int, Headers | None]
 class ResilientMiddleware:
     """ASGI middleware adding request ids, spans, access logs, rate and load limits, deadlines.
 
-    Options (all keyword, all validated here; see `resilient._edge_options.EdgeOptions` and
+    Options (all keyword, all validated here; see `resilient._edge.options.EdgeOptions` and
     ``docs/middleware.md``): ``request_id``, ``request_id_header``, ``tracing``,
     ``access_log``, ``rate_limit``, ``rate_limit_key``, ``rate_limit_algorithm``, ``routes``,
     ``legacy_ratelimit_headers``, ``ratelimit_headers_on_success``, ``max_in_flight``,

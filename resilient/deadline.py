@@ -17,7 +17,7 @@ import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from resilient._clock import CLOCK
+from resilient._kernel.clock import CLOCK
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

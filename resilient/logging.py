@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 from opentelemetry import trace
 
-from resilient._context import REQUEST_ID
+from resilient._kernel.context import REQUEST_ID
 from resilient.redaction import redact_event_dict, redact_text, redact_value
 
 if TYPE_CHECKING:

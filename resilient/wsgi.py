@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from resilient import deadline
-from resilient._edge import (
+from resilient._edge.core import (
     REJECTIONS,
     SHED_RETRY_AFTER,
     Edge,
@@ -33,8 +33,8 @@ from resilient._edge import (
     effective_timeout,
     rate_limit_headers,
 )
-from resilient._edge_options import RequestInfo, RouteOptions, build_options
-from resilient._edge_telemetry import (
+from resilient._edge.options import RequestInfo, RouteOptions, build_options
+from resilient._edge.telemetry import (
     WSGI_HEADERS,
     access_fields,
     access_wanted,
@@ -46,8 +46,8 @@ from resilient._edge_telemetry import (
     server_span_attributes,
     start_server_span,
 )
-from resilient._wsgi_limits import BodyTooLargeError, LimitedInput, SyncGate
-from resilient._wsgi_request import Environ, Exchange, RequestState, Response, StartResponse
+from resilient._edge.wsgi_limits import BodyTooLargeError, LimitedInput, SyncGate
+from resilient._edge.wsgi_request import Environ, Exchange, RequestState, Response, StartResponse
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["ResilientWSGIMiddleware", "RouteOptions"]

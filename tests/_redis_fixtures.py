@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from resilient._storage import close_stores
+from resilient._storage.store import close_stores
 from tests._redis_workers import delete_prefix, with_prefix
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import redis
 
 from resilient import CircuitBreaker, CircuitOpenError, Policy, RateLimit, RateLimitedError
-from resilient._breaker_registry import breaker_for
-from resilient._ratelimit import ALGORITHMS, LimiterRuntime
-from resilient._storage import close_stores
+from resilient._storage.store import close_stores
+from resilient._strategies.breaker_registry import breaker_for
+from resilient._strategies.ratelimit import ALGORITHMS, LimiterRuntime
 
 JOIN_TIMEOUT = 30.0
 

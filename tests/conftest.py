@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from resilient import instrumentation, testing
-from resilient._clock import CLOCK
+from resilient._kernel.clock import CLOCK
 from resilient.instrumentation._hub import HUB
 
 #: Fixtures of the shared-storage tests (`prefix`, `uri`, `client`), in one place.

@@ -31,8 +31,8 @@ from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
 from resilient import deadline, instrumentation
-from resilient._asgi_limits import AsyncGate
-from resilient._context import current_request_id
+from resilient._edge.asgi_limits import AsyncGate
+from resilient._kernel.context import current_request_id
 from resilient.asgi import ResilientMiddleware, RouteOptions
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -135,7 +135,7 @@ def test_a_breaker_opened_by_this_call_ends_its_retries_with_the_real_error(mode
 
 def test_a_retried_call_re_enters_the_breaker(mode: str) -> None:
     """Each attempt passes the breaker: if it opened during the backoff, the retry fails fast."""
-    from resilient._clock import CLOCK  # noqa: PLC0415
+    from resilient._kernel.clock import CLOCK  # noqa: PLC0415
 
     breaker = CircuitBreaker(name="shared-dep", failure_threshold=2)
     script = Script(TimeoutError("slow"), "never reached")

@@ -16,8 +16,9 @@ from typing import Any, SupportsIndex, cast
 
 import pytest
 
-from resilient import Bulkhead, BulkheadFullError, Policy, ResilienceError, _bulkhead, deadline, instrumentation
-from resilient._bulkhead import BulkheadRuntime
+from resilient import Bulkhead, BulkheadFullError, Policy, ResilienceError, deadline, instrumentation
+from resilient._strategies import bulkhead as _bulkhead
+from resilient._strategies.bulkhead import BulkheadRuntime
 
 LONG_WAIT = 30.0  # a wait the tests end long before (by releasing); only a hung test reaches it
 

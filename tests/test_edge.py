@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from resilient._edge import (
+from resilient._edge.core import (
     ClientResolver,
     RateDecision,
     Router,
@@ -20,8 +20,8 @@ from resilient._edge import (
     new_request_id,
     rate_limit_headers,
 )
-from resilient._edge_options import EdgeOptions, RouteOptions, build_options
-from resilient._edge_telemetry import (
+from resilient._edge.options import EdgeOptions, RouteOptions, build_options
+from resilient._edge.telemetry import (
     display_target,
     loggable,
 )

@@ -23,10 +23,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 
 import resilient.httpx as rh
 from resilient import CircuitBreaker, CircuitOpenError, Fallback, Policy, RateLimitedError, Retry, deadline, testing
-from resilient._breaker_registry import _REGISTRY
-from resilient._context import REQUEST_ID
-from resilient._http import _context_getter
-from resilient._http_hosts import Hosts
+from resilient._kernel.context import REQUEST_ID
+from resilient._strategies.breaker_registry import _REGISTRY
+from resilient.httpx._engine import _context_getter
+from resilient.httpx._hosts import Hosts
 from resilient.instrumentation import Event
 from resilient.testing import Fault, FaultyUpstream
 
@@ -659,7 +659,7 @@ def test_wrong_inner_transport_kind_is_rejected() -> None:
 
 def test_retry_after_parsing() -> None:
     """Retry-After: delta-seconds, HTTP-dates (rounded up to the ms), junk ignored."""
-    from resilient._http_rules import parse_retry_after  # noqa: PLC0415 - private helper under test
+    from resilient.httpx._rules import parse_retry_after  # noqa: PLC0415 - private helper under test
 
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 2.5, usegmt=True)  # HTTP-dates have whole seconds

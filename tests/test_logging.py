@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 import resilient.logging
-from resilient._context import REQUEST_ID
+from resilient._kernel.context import REQUEST_ID
 from resilient.instrumentation._hub import HUB
 from resilient.instrumentation._log import LOGGER_NAME, EventLogger, _PublicConfig
 from resilient.logging import add_request_id, add_trace_context, configure

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from resilient import CircuitBreaker, CircuitOpenError, Retry, instrumentation, testing
-from resilient._context import REQUEST_ID
+from resilient._kernel.context import REQUEST_ID
 from resilient.instrumentation import Event
 from resilient.instrumentation._hub import HUB
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient import Retry
-from resilient._retry import RetryCall, RetryRuntime
+from resilient._strategies.retry import RetryCall, RetryRuntime
 
 delays = st.floats(min_value=0.0, max_value=60.0, allow_nan=False)
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient import Policy, RateLimit, RateLimitedError, Retry, deadline, instrumentation
-from resilient._clock import CLOCK
-from resilient._ratelimit import ALGORITHMS, Algorithm, LimiterRuntime
+from resilient._kernel.clock import CLOCK
+from resilient._strategies.ratelimit import ALGORITHMS, Algorithm, LimiterRuntime
 from resilient.testing import FakeClock, fake_clock
 
 from ._scripts import protect_awaitable as protect
@@ -176,7 +176,7 @@ async def test_max_wait_bounds_the_total_wait_under_contention(
         fake_sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", fake_sleep)
-    monkeypatch.setattr("resilient._clock.asyncio.sleep", fake_asleep)
+    monkeypatch.setattr("resilient._kernel.clock.asyncio.sleep", fake_asleep)
     call = protect(policy, Counter(), mode)
     await call()
     with pytest.raises(RateLimitedError):

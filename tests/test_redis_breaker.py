@@ -7,9 +7,9 @@ import pytest
 import redis
 
 from resilient import CircuitBreaker, CircuitOpenError, Policy, instrumentation, testing
-from resilient._breaker import BreakerRuntime
-from resilient._breaker_registry import breaker_for
-from resilient._shared_breaker import DEFAULT_TTL, SharedBreakerRuntime
+from resilient._storage.shared_breaker import DEFAULT_TTL, SharedBreakerRuntime
+from resilient._strategies.breaker import BreakerRuntime
+from resilient._strategies.breaker_registry import breaker_for
 from tests._redis_workers import (
     JOIN_TIMEOUT,
     BreakerSpec,

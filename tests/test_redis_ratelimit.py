@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from resilient import Policy, RateLimit, RateLimitedError
-from resilient._ratelimit import ALGORITHMS, Algorithm, LimiterRuntime, SharedLimiterRuntime
+from resilient._strategies.ratelimit import ALGORITHMS, Algorithm, LimiterRuntime, SharedLimiterRuntime
 from tests._redis_workers import (
     JOIN_TIMEOUT,
     hammer_async,

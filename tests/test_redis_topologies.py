@@ -21,8 +21,8 @@ import redis.cluster
 from redis.crc import key_slot
 
 from resilient import CircuitBreaker, CircuitOpenError, Policy, RateLimit, RateLimitedError, instrumentation, testing
-from resilient._ratelimit import ALGORITHMS, Algorithm
-from resilient._storage import EVENT_DEGRADED, EVENT_RECOVERED, close_stores
+from resilient._storage.store import EVENT_DEGRADED, EVENT_RECOVERED, close_stores
+from resilient._strategies.ratelimit import ALGORITHMS, Algorithm
 from tests._redis_topologies import Binaries, Cluster, Sentinel, cluster, find_binaries, sentinel
 
 LIMIT = 5

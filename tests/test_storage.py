@@ -16,19 +16,19 @@ import pytest
 import redis
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-import resilient._storage as storage_module
+import resilient._storage.store as storage_module
 from resilient import CircuitBreaker, CircuitOpenError, Policy, RateLimit, instrumentation
-from resilient._breaker import BreakerRuntime
-from resilient._ratelimit import LimiterRuntime, SharedLimiterRuntime
-from resilient._shared_breaker import SharedBreakerRuntime
-from resilient._storage import close_stores
-from resilient._storage_config import (
+from resilient._storage.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     ENV_STORAGE,
     configure_storage,
     parse_storage,
 )
+from resilient._storage.shared_breaker import SharedBreakerRuntime
+from resilient._storage.store import close_stores
+from resilient._strategies.breaker import BreakerRuntime
+from resilient._strategies.ratelimit import LimiterRuntime, SharedLimiterRuntime
 from tests._redis_workers import PrivateRedis, private_redis, with_prefix
 
 RECOVERY_TIMEOUT = 15.0  # reconnect backoff tops out at 2 s; generous for a loaded CI host

@@ -301,7 +301,7 @@ async def test_a_call_that_swallows_our_cancellation_leaves_no_pending_cancel() 
 
 async def test_concurrent_deadlines_each_fire_on_time() -> None:
     """Calls with different timeouts sharing the loop's watchdog each end near their own deadline."""
-    from resilient._timeout import watchdog_for  # noqa: PLC0415
+    from resilient._strategies.timeout import watchdog_for  # noqa: PLC0415
 
     async def timed(seconds: float) -> float:
         @resilient(timeout=seconds)
@@ -323,7 +323,7 @@ async def test_concurrent_deadlines_each_fire_on_time() -> None:
 
 async def test_finished_calls_leave_nothing_armed() -> None:
     """Thousands of fast calls under a timeout keep the watchdog's set empty (memory follows concurrency)."""
-    from resilient._timeout import watchdog_for  # noqa: PLC0415
+    from resilient._strategies.timeout import watchdog_for  # noqa: PLC0415
 
     @resilient(timeout=5.0)
     async def fast() -> int:

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from werkzeug.test import Client
 
 from resilient import DeadlineExceededError, deadline, instrumentation
-from resilient._context import current_request_id
+from resilient._kernel.context import current_request_id
 from resilient.wsgi import ResilientWSGIMiddleware, RouteOptions
 
 from ._wsgi_server import serve_wsgi

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from resilient._errors import (
+from resilient._kernel.errors import (
     BulkheadFullError,
     CircuitOpenError,
     DeadlineExceededError,

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from resilient._breaker_registry import _REGISTRY, forget_breakers, reset_breakers
-from resilient._clock import CLOCK
+from resilient._kernel.clock import CLOCK
+from resilient._strategies.breaker_registry import _REGISTRY, forget_breakers, reset_breakers
 from resilient.testing._upstream import Fault, FaultyUpstream, ReceivedRequest
 
 __all__ = [
@@ -95,7 +95,7 @@ def breaker_state(name: str) -> str:
 
 def describe(policy: Any) -> dict[str, Any]:
     """The layers of a `Policy` (or a function decorated by one), outer to inner."""
-    from resilient._policy import Policy  # noqa: PLC0415 - avoid a cycle at import time
+    from resilient._engine.policy import Policy  # noqa: PLC0415 - avoid a cycle at import time
 
     policy = getattr(policy, "__resilient_policy__", policy)
     if isinstance(policy, Policy):

@@ -40,11 +40,19 @@ import math
 from contextvars import ContextVar
 from typing import Any
 
-from resilient._breaker import CLOSED, EVENT_REJECTED, HALF_OPEN, OPEN, BreakerRuntime, CircuitBreaker, _call_listener
-from resilient._clock import CLOCK
-from resilient._errors import CircuitOpenError
-from resilient._storage import SharedStore, store_for
-from resilient._storage_config import resolve_storage
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.errors import CircuitOpenError
+from resilient._storage.config import resolve_storage
+from resilient._storage.store import SharedStore, store_for
+from resilient._strategies.breaker import (
+    CLOSED,
+    EVENT_REJECTED,
+    HALF_OPEN,
+    OPEN,
+    BreakerRuntime,
+    CircuitBreaker,
+    _call_listener,
+)
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["DEFAULT_TTL", "SharedBreakerRuntime"]

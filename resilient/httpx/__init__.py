@@ -15,8 +15,8 @@ remaining budget in `resilient.deadline.HEADER`, and turns a retryable status in
 `StatusFailure` so the retry loop and the breaker see it. The caller always gets a
 normal `httpx.Response` back, even the last 503 after the retries ran out.
 
-This module does the I/O only; every decision lives in `resilient._http` (per request),
-`_http_options`, `_http_hosts` and `_http_rules`, shared by the sync and the async transport.
+This module does the I/O only; every decision lives in `resilient.httpx._engine` (per request),
+`httpx._options`, `httpx._hosts` and `httpx._rules`, shared by the sync and the async transport.
 """
 
 from __future__ import annotations
@@ -27,25 +27,25 @@ from typing import Any, Unpack
 
 import httpx
 
-from resilient._breaker import BreakerRuntime
-from resilient._http import EVENT_REQUEST, Engine, Exchange
-from resilient._http_options import (
+from resilient._engine.policy import Policy
+from resilient._kernel.validate import check_int
+from resilient._strategies.breaker import BreakerRuntime
+from resilient._strategies.retry import Retry
+from resilient.httpx._engine import EVENT_REQUEST, Engine, Exchange
+from resilient.httpx._options import (
     DEFAULT_MAX_HOSTS,
     DEFAULT_MAX_RETRY_AFTER,
     OPTION_NAMES,
     TransportOptions,
     build_options,
 )
-from resilient._http_rules import (
+from resilient.httpx._rules import (
     IDEMPOTENCY_KEY,
     IDEMPOTENT_METHODS,
     RETRY_STATUSES,
     TRANSIENT_ERRORS,
     StatusFailure,
 )
-from resilient._policy import Policy
-from resilient._retry import Retry
-from resilient._validate import check_int
 
 __all__ = [
     "DEFAULT_MAX_HOSTS",

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from resilient._breaker import BreakerRuntime, CircuitBreaker
-from resilient._breaker_registry import breaker_for, forget_breaker
-from resilient._http_rules import DEFAULT_PORTS
+from resilient._strategies.breaker import BreakerRuntime, CircuitBreaker
+from resilient._strategies.breaker_registry import breaker_for, forget_breaker
+from resilient.httpx._rules import DEFAULT_PORTS
 
 __all__ = ["NO_HOST", "Host", "Hosts"]
 

@@ -1,7 +1,7 @@
 """The WSGI middleware's per-request limits: the in-flight gate and the body-size limit on ``wsgi.input``.
 
 A WSGI server runs its requests in several threads at once, so the gate is the core's
-thread-safe bulkhead (the ASGI twin in `_asgi_limits` is a counter on one event loop). A
+thread-safe bulkhead (the ASGI twin in `_edge.asgi_limits` is a counter on one event loop). A
 body of unknown length is counted as the app reads it: the read that passes the limit
 raises `BodyTooLargeError` inside the app, and the middleware answers 413.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from resilient._bulkhead import Bulkhead, BulkheadRuntime
+from resilient._strategies.bulkhead import Bulkhead, BulkheadRuntime
 
 __all__ = ["BodyTooLargeError", "LimitedInput", "SyncGate"]
 

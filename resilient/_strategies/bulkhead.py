@@ -26,8 +26,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from resilient._errors import BulkheadFullError
-from resilient._validate import check_int, check_seconds
+from resilient._kernel.errors import BulkheadFullError
+from resilient._kernel.validate import check_int, check_seconds
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["EVENT_REJECTED", "Bulkhead", "BulkheadRuntime"]

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import pybreaker
 
-from resilient._breaker import CircuitBreaker
-from resilient._bulkhead import Bulkhead
-from resilient._compiled import CompiledPolicy
-from resilient._fallback import Fallback
-from resilient._ratelimit import RateLimit
-from resilient._retry import Retry
-from resilient._timeout import Timeout
-from resilient._validate import check_name
-from resilient._wrapper import wrap_async, wrap_sync
+from resilient._engine.compiled import CompiledPolicy
+from resilient._engine.wrapper import wrap_async, wrap_sync
+from resilient._kernel.validate import check_name
+from resilient._strategies.breaker import CircuitBreaker
+from resilient._strategies.bulkhead import Bulkhead
+from resilient._strategies.fallback import Fallback
+from resilient._strategies.ratelimit import RateLimit
+from resilient._strategies.retry import Retry
+from resilient._strategies.timeout import Timeout
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -73,7 +73,7 @@ def _as_breaker(value: BreakerOption) -> CircuitBreaker | None:
 
 def _named_breaker(name: str) -> CircuitBreaker:
     """A bare name joins the breaker already defined under it, or defines one with defaults."""
-    from resilient._breaker_registry import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
+    from resilient._strategies.breaker_registry import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
 
     existing = _REGISTRY.get(name)
     return existing.config if existing is not None else CircuitBreaker(name=name)

@@ -12,8 +12,8 @@ import math
 import threading
 from dataclasses import dataclass
 
-from resilient._clock import CLOCK
-from resilient._validate import check_ratio, check_seconds
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.validate import check_ratio, check_seconds
 
 __all__ = ["BudgetRuntime", "RetryBudget"]
 

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from resilient import deadline
-from resilient._edge import REJECTIONS, error_body, error_headers
+from resilient._edge.core import REJECTIONS, error_body, error_headers
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from resilient._asgi_limits import RequestTimer
+    from resilient._edge.asgi_limits import RequestTimer
 
 __all__ = ["BodyTooLargeError", "Exchange", "Headers", "Message", "Receive", "Send"]
 

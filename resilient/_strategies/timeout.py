@@ -24,7 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from resilient._validate import check_int, check_seconds
+from resilient._kernel.validate import check_int, check_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -174,7 +174,7 @@ class DeadlineWatchdog:
         return watch
 
     def add(self, watch: Watch) -> None:
-        """`arm` for a watch the caller built (`_asgi_limits.RequestTimer` is its own: one object
+        """`arm` for a watch the caller built (`_edge.asgi_limits.RequestTimer` is its own: one object
         fewer per request); `watch.fired` must be False."""
         self._watches.add(watch)
         if watch.when < self._timer_at:

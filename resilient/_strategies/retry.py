@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import tenacity
 
-from resilient._budget import BudgetRuntime, RetryBudget
-from resilient._errors import BulkheadFullError, CircuitOpenError, RateLimitedError
-from resilient._validate import check_int, check_number, check_seconds
+from resilient._kernel.errors import BulkheadFullError, CircuitOpenError, RateLimitedError
+from resilient._kernel.validate import check_int, check_number, check_seconds
+from resilient._strategies.budget import BudgetRuntime, RetryBudget
 from resilient.instrumentation._hub import HUB
 
 __all__ = [

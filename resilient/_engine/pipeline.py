@@ -25,19 +25,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from resilient._attempt import Args, Kwargs, attempt_sync, bounded_async, bounded_sync
-from resilient._breaker import OPEN
-from resilient._clock import CLOCK
-from resilient._retry import RetryCall, RetryRuntime
-from resilient._timeout import EVENT_EXCEEDED
+from resilient._engine.attempt import Args, Kwargs, attempt_sync, bounded_async, bounded_sync
+from resilient._kernel.clock import CLOCK
+from resilient._strategies.breaker import OPEN
+from resilient._strategies.retry import RetryCall, RetryRuntime
+from resilient._strategies.timeout import EVENT_EXCEEDED
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from resilient._compiled import CompiledPolicy
-    from resilient._ratelimit import LimiterRuntime
+    from resilient._engine.compiled import CompiledPolicy
+    from resilient._strategies.ratelimit import LimiterRuntime
     from resilient.instrumentation._otel import CallObservation
 
 __all__ = [

@@ -9,7 +9,7 @@ lock only for counter updates and transitions, and keeps the state in pybreaker'
 storage and objects so pybreaker listeners, `current_state` and storages keep working.
 Listeners run after the lock is released, never under it.
 
-With a Redis `storage` the runtime is a `SharedBreakerRuntime` (``_shared_breaker.py``):
+With a Redis `storage` the runtime is a `SharedBreakerRuntime` (`_storage/shared_breaker.py`):
 state shared through atomic Lua scripts, this module's in-process state as the fallback
 while Redis is unreachable. This module's methods stay the in-process path.
 """
@@ -27,10 +27,10 @@ import pybreaker
 from pybreaker import CircuitBreaker as PyBreaker
 from pybreaker import CircuitBreakerListener
 
-from resilient._clock import CLOCK
-from resilient._errors import CircuitOpenError
-from resilient._storage_config import check_storage, resolve_storage
-from resilient._validate import check_int, check_name, check_ratio, check_seconds
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.errors import CircuitOpenError
+from resilient._kernel.validate import check_int, check_name, check_ratio, check_seconds
+from resilient._storage.config import check_storage, resolve_storage
 from resilient.instrumentation._hub import HUB
 
 __all__ = [
@@ -181,7 +181,7 @@ class BreakerRuntime:
 
     def __new__(cls, config: CircuitBreaker) -> BreakerRuntime:  # noqa: PYI034 - picks a subclass
         if cls is BreakerRuntime and config.pybreaker is None and _is_shared(config):
-            from resilient._shared_breaker import SharedBreakerRuntime  # noqa: PLC0415 - import cycle
+            from resilient._storage.shared_breaker import SharedBreakerRuntime  # noqa: PLC0415 - import cycle
 
             return object.__new__(SharedBreakerRuntime)
         return object.__new__(cls)

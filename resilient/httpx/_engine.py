@@ -4,8 +4,8 @@ The transports in `resilient.httpx` only do I/O (send, read, close); everything 
 decide per request — which policy it runs under, which host breaker it consults, how its
 timeouts fit the deadline, which response is retried and for how long, what the span and
 the log line say, which headers travel with it — is decided here (httpx's `BaseClient`
-split). The options are compiled in `_http_options`, per-host state lives in `_http_hosts`,
-HTTP facts in `_http_rules`.
+split). The options are compiled in `httpx._options`, per-host state lives in `httpx._hosts`,
+HTTP facts in `httpx._rules`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from resilient._breaker import CLOSED, BreakerRuntime
-from resilient._clock import CLOCK
-from resilient._context import REQUEST_ID
-from resilient._errors import DeadlineExceededError
-from resilient._http_hosts import NO_HOST, Host, Hosts
-from resilient._http_rules import (
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.context import REQUEST_ID
+from resilient._kernel.errors import DeadlineExceededError
+from resilient._strategies.breaker import CLOSED, BreakerRuntime
+from resilient.deadline import _DEADLINE, HEADER, format_header
+from resilient.httpx._hosts import NO_HOST, Host, Hosts
+from resilient.httpx._rules import (
     DEFAULT_PORTS,
     IDEMPOTENCY_KEY,
     KNOWN_METHODS,
@@ -40,14 +41,13 @@ from resilient._http_rules import (
     counts_as_failure,
     parse_retry_after,
 )
-from resilient.deadline import _DEADLINE, HEADER, format_header
 from resilient.instrumentation._hub import HUB, outcome_of
 from resilient.instrumentation._otel import CallObservation, _error_type, _redacted_exception
 from resilient.redaction import redact_url
 
 if TYPE_CHECKING:
-    from resilient._compiled import CompiledPolicy
-    from resilient._http_options import Options
+    from resilient._engine.compiled import CompiledPolicy
+    from resilient.httpx._options import Options
 
 __all__ = ["EVENT_REQUEST", "Engine", "Exchange"]
 

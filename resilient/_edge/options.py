@@ -16,8 +16,8 @@ from typing import Any, Final, Literal
 
 import limits
 
-from resilient._storage_config import check_storage
-from resilient._validate import check_int, check_seconds
+from resilient._kernel.validate import check_int, check_seconds
+from resilient._storage.config import check_storage
 
 __all__ = [
     "UNSET",

@@ -14,17 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 import httpx
 import tenacity
 
-from resilient._breaker import CircuitBreaker
-from resilient._breaker_registry import _REGISTRY
-from resilient._http_rules import (
-    IDEMPOTENT_METHODS,
-    RETRY_STATUSES,
-    TRANSIENT_ERRORS,
-    StatusFailure,
-    normalise_methods,
-    normalise_statuses,
-)
-from resilient._policy import (
+from resilient._engine.policy import (
     BulkheadOption,
     Policy,
     RateLimitOption,
@@ -35,13 +25,23 @@ from resilient._policy import (
     _as_retry,
     _as_timeout,
 )
-from resilient._retry import Retry
-from resilient._validate import check_int, check_name, check_seconds
+from resilient._kernel.validate import check_int, check_name, check_seconds
+from resilient._strategies.breaker import CircuitBreaker
+from resilient._strategies.breaker_registry import _REGISTRY
+from resilient._strategies.retry import Retry
+from resilient.httpx._rules import (
+    IDEMPOTENT_METHODS,
+    RETRY_STATUSES,
+    TRANSIENT_ERRORS,
+    StatusFailure,
+    normalise_methods,
+    normalise_statuses,
+)
 
 if TYPE_CHECKING:
-    from resilient._compiled import CompiledPolicy
-    from resilient._http import Exchange
-    from resilient._ratelimit import RateLimit
+    from resilient._engine.compiled import CompiledPolicy
+    from resilient._strategies.ratelimit import RateLimit
+    from resilient.httpx._engine import Exchange
 
 __all__ = [
     "DEFAULT_MAX_HOSTS",

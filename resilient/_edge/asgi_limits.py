@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Final
 
 from resilient import deadline
-from resilient._timeout import watchdog_for
+from resilient._strategies.timeout import watchdog_for
 
 __all__ = ["NO_TIMER", "AsyncGate", "NoTimer", "RequestTimer"]
 

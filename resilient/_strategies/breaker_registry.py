@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from resilient._breaker import BreakerRuntime, CircuitBreaker
+from resilient._strategies.breaker import BreakerRuntime, CircuitBreaker
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["breaker_for", "breaker_states", "forget_breaker", "forget_breakers", "reset_breakers"]

@@ -1,7 +1,7 @@
 """What the ASGI and WSGI middleware share: request ids, client keys, rate limits, routes, bodies, errors.
 
 Everything here is decided once, when a middleware is built, from the options validated in
-`_edge_options`: header names are encoded, per-route plans are compiled. The per-request
+`_edge.options`: header names are encoded, per-route plans are compiled. The per-request
 helpers below allocate only what the request needs.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import limits
 
-from resilient._edge_options import UNSET, Algorithm, EdgeOptions, RouteOptions
-from resilient._ratelimit import LimiterRuntime, RateLimit
+from resilient._edge.options import UNSET, Algorithm, EdgeOptions, RouteOptions
+from resilient._strategies.ratelimit import LimiterRuntime, RateLimit
 
 __all__ = [
     "Edge",

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from resilient._edge import ERRORS, REJECTIONS, RoutePlan, error_body, error_headers
-from resilient._edge_telemetry import emit_rejection, report_unhandled
-from resilient._errors import DeadlineExceededError
-from resilient._wsgi_limits import LimitedInput, SyncGate
+from resilient._edge.core import ERRORS, REJECTIONS, RoutePlan, error_body, error_headers
+from resilient._edge.telemetry import emit_rejection, report_unhandled
+from resilient._edge.wsgi_limits import LimitedInput, SyncGate
+from resilient._kernel.errors import DeadlineExceededError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

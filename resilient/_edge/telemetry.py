@@ -1,6 +1,6 @@
 """Telemetry both middlewares share: the SERVER span, the access log, unhandled errors.
 
-Split from `_edge` (ids, client keys, limits, bodies) and `_edge_options`: this part only
+Split from `_edge.core` (ids, client keys, limits, bodies) and `_edge.options`: this part only
 reports. It never decides what a client gets back.
 """
 
@@ -22,7 +22,7 @@ from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from resilient._context import REQUEST_ID
+from resilient._kernel.context import REQUEST_ID
 from resilient.instrumentation._hub import HUB
 from resilient.logging import _add_span_ids
 from resilient.redaction import redact_text, redact_url

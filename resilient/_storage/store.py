@@ -1,6 +1,6 @@
 """The health of each Redis that holds shared state: clients, degrading, reconnecting.
 
-Storage URIs and the global default are in `_storage_config`; a runtime on ``memory://``
+Storage URIs and the global default are in `_storage.config`; a runtime on ``memory://``
 never touches this module after construction.
 
 One `SharedStore` per distinct storage holds the clients and the health of that Redis.
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from resilient._storage_config import StorageSpec, redis_module
+from resilient._storage.config import StorageSpec, redis_module
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["EVENT_DEGRADED", "EVENT_RECOVERED", "SharedStore", "close_stores", "store_for"]

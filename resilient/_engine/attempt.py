@@ -20,18 +20,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from resilient._breaker import CLOSED
-from resilient._clock import CLOCK
-from resilient._errors import DeadlineExceededError
-from resilient._timeout import EVENT_EXCEEDED, watchdog_for
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.errors import DeadlineExceededError
+from resilient._strategies.breaker import CLOSED
+from resilient._strategies.timeout import EVENT_EXCEEDED, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from resilient._breaker import BreakerRuntime
-    from resilient._compiled import CompiledPolicy
+    from resilient._engine.compiled import CompiledPolicy
+    from resilient._strategies.breaker import BreakerRuntime
     from resilient.instrumentation._otel import CallObservation
 
 __all__ = [

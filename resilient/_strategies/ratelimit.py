@@ -24,12 +24,12 @@ import limits
 import limits.aio.strategies
 import limits.strategies
 
-from resilient._clock import CLOCK
-from resilient._errors import RateLimitedError
-from resilient._rate_windows import WINDOWS, Window
-from resilient._storage import store_for
-from resilient._storage_config import check_storage, resolve_storage
-from resilient._validate import check_int, check_name, check_seconds
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.errors import RateLimitedError
+from resilient._kernel.validate import check_int, check_name, check_seconds
+from resilient._storage.config import check_storage, resolve_storage
+from resilient._storage.store import store_for
+from resilient._strategies.rate_windows import WINDOWS, Window
 from resilient.instrumentation._hub import HUB
 
 __all__ = ["EVENT_REJECTED", "LimiterRuntime", "RateLimit", "SharedLimiterRuntime"]

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import opentelemetry.metrics._internal as _metrics_state
 import opentelemetry.trace as _trace_state
 
-from resilient._breaker import CLOSED
+from resilient._strategies.breaker import CLOSED
 from resilient.instrumentation._hub import HUB, outcome_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from resilient._attempt import Args, Kwargs
-    from resilient._compiled import CompiledPolicy
+    from resilient._engine.attempt import Args, Kwargs
+    from resilient._engine.compiled import CompiledPolicy
     from resilient.instrumentation._otel import CallObservation
 
 __all__ = ["wrap_async", "wrap_sync"]

@@ -1,7 +1,7 @@
 """HTTP facts the httpx transports decide by: what is idempotent, transient, retryable.
 
 Plain constants and functions over httpx objects, shared by the options (validation) and
-the per-request engine (`resilient._http`); cheap enough for every request.
+the per-request engine (`resilient.httpx._engine`); cheap enough for every request.
 """
 
 from __future__ import annotations

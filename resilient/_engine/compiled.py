@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resilient._attempt import attempt_async, attempt_async_shared, attempt_sync
-from resilient._breaker_registry import breaker_for
-from resilient._bulkhead import BulkheadRuntime
-from resilient._fallback import FallbackRuntime
-from resilient._pipeline import (
+from resilient._engine.attempt import attempt_async, attempt_async_shared, attempt_sync
+from resilient._engine.pipeline import (
     admit_async,
     admit_sync,
     deadline_async,
@@ -17,17 +14,20 @@ from resilient._pipeline import (
     retry_async,
     retry_sync,
 )
-from resilient._ratelimit import LimiterRuntime
-from resilient._retry import RetryRuntime
-from resilient._timeout import ThreadRunner
+from resilient._strategies.breaker_registry import breaker_for
+from resilient._strategies.bulkhead import BulkheadRuntime
+from resilient._strategies.fallback import FallbackRuntime
+from resilient._strategies.ratelimit import LimiterRuntime
+from resilient._strategies.retry import RetryRuntime
+from resilient._strategies.timeout import ThreadRunner
 
 if TYPE_CHECKING:
-    from resilient._breaker import BreakerRuntime, CircuitBreaker
-    from resilient._bulkhead import Bulkhead
-    from resilient._fallback import Fallback
-    from resilient._ratelimit import RateLimit
-    from resilient._retry import Retry
-    from resilient._timeout import Timeout
+    from resilient._strategies.breaker import BreakerRuntime, CircuitBreaker
+    from resilient._strategies.bulkhead import Bulkhead
+    from resilient._strategies.fallback import Fallback
+    from resilient._strategies.ratelimit import RateLimit
+    from resilient._strategies.retry import Retry
+    from resilient._strategies.timeout import Timeout
 
 __all__ = ["CompiledPolicy"]
 

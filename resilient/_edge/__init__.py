@@ -1,0 +1,1 @@
+"""_edge: see ARCHITECTURE.md."""

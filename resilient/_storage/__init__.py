@@ -1,0 +1,1 @@
+"""_storage: see ARCHITECTURE.md."""

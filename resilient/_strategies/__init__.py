@@ -1,0 +1,1 @@
+"""_strategies: see ARCHITECTURE.md."""
