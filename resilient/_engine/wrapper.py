@@ -20,8 +20,8 @@ from resilient.instrumentation._hub import HUB, outcome_of
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from resilient._engine.attempt import Args, Kwargs
     from resilient._engine.compiled import CompiledPolicy
+    from resilient._kernel.layer import Args, Kwargs
     from resilient.instrumentation._otel import CallObservation
 
 __all__ = ["wrap_async", "wrap_sync"]

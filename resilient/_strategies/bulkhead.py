@@ -25,12 +25,22 @@ import sysconfig
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import BulkheadFullError
+from resilient._kernel.layer import Layer, Link
 from resilient._kernel.validate import check_int, check_seconds
+from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
-__all__ = ["EVENT_REJECTED", "Bulkhead", "BulkheadRuntime"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from resilient._kernel.layer import Args, Kwargs
+    from resilient.instrumentation._otel import CallObservation
+
+__all__ = ["EVENT_REJECTED", "LAYER", "Bulkhead", "BulkheadPolicy", "BulkheadRuntime"]
 
 DEFAULT_MAX_WAIT = 0.0
 EVENT_REJECTED = "bulkhead.rejected"
@@ -191,3 +201,73 @@ class BulkheadRuntime:
     def _reject(self, label: str) -> BulkheadFullError:
         HUB.emit(EVENT_REJECTED, label, logging.WARNING, max_concurrent=self.max_concurrent)
         return BulkheadFullError(self.max_concurrent, max_wait=self.max_wait, policy=label)
+
+
+# ---------------------------------------------------------------- the layer: bulkhead
+
+_current_deadline = _DEADLINE.get
+
+
+class BulkheadPolicy(Protocol):
+    """What the bulkhead compiles into the policy."""
+
+    bulkhead: BulkheadRuntime | None
+
+
+def _compile(cp: BulkheadPolicy, options: Mapping[str, Any]) -> None:
+    config: Bulkhead | None = options.get("bulkhead")
+    cp.bulkhead = BulkheadRuntime(config) if config else None
+
+
+def _link(cp: BulkheadPolicy, inner: Link) -> Link | None:
+    """Admission by concurrency: hold a slot for the rest of the call, or wait `max_wait` for one."""
+    bulkhead = cp.bulkhead
+    if bulkhead is None:
+        return None
+    after_sync, after_async = inner.sync, inner.async_
+
+    def bulkhead_sync(
+        cp: BulkheadPolicy,
+        label: str,
+        fn: Callable[..., Any],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        if not bulkhead.try_acquire():
+            bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
+            now = None
+        try:
+            return after_sync(cp, label, fn, args, kwargs, obs, now)
+        finally:
+            bulkhead.release()
+
+    async def bulkhead_async(
+        cp: BulkheadPolicy,
+        label: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        if not bulkhead.try_acquire():
+            await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)
+            now = None
+        try:
+            return await after_async(cp, label, fn, args, kwargs, obs, now)
+        finally:
+            bulkhead.release()
+
+    return Link(bulkhead_sync, bulkhead_async)
+
+
+def _clamp_wait(wait: float) -> float:
+    deadline = _current_deadline()
+    if deadline is None or wait <= 0:
+        return wait
+    return min(wait, max(deadline - CLOCK.monotonic(), 0.0))
+
+
+LAYER = Layer("bulkhead", _link, _compile)

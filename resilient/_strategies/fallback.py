@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from resilient._kernel.layer import Layer
 from resilient.instrumentation._hub import HUB
 
-__all__ = ["EVENT_USED", "Fallback", "FallbackRuntime"]
+__all__ = ["EVENT_USED", "LAYER", "Fallback", "FallbackPolicy", "FallbackRuntime"]
 
 EVENT_USED = "fallback.used"
 
@@ -79,3 +80,18 @@ class FallbackRuntime:
         """The fallback value (for an async handler: the awaitable to await)."""
         HUB.emit(EVENT_USED, label, logging.INFO, error)
         return self._handler(error) if self._call else self._handler
+
+
+class FallbackPolicy(Protocol):
+    """What the fallback compiles into the policy (the wrapper, outermost, runs it)."""
+
+    fallback: FallbackRuntime | None
+
+
+def _compile(cp: FallbackPolicy, options: Mapping[str, Any]) -> None:
+    config: Fallback | None = options.get("fallback")
+    cp.fallback = FallbackRuntime(config) if config else None
+
+
+#: No step of its own: the wrapper (the telemetry-and-fallback layer) reads `cp.fallback`.
+LAYER = Layer("fallback", None, _compile)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import limits
 import limits.aio.strategies
@@ -26,13 +26,21 @@ import limits.strategies
 
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import RateLimitedError
+from resilient._kernel.layer import Layer, Link
 from resilient._kernel.validate import check_int, check_name, check_seconds
 from resilient._storage.config import check_storage, resolve_storage
 from resilient._storage.store import store_for
 from resilient._strategies.rate_windows import WINDOWS, Window
+from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
-__all__ = ["EVENT_REJECTED", "LimiterRuntime", "RateLimit", "SharedLimiterRuntime"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Mapping
+
+    from resilient._kernel.layer import Args, Kwargs
+    from resilient.instrumentation._otel import CallObservation
+
+__all__ = ["EVENT_REJECTED", "LAYER", "LimiterRuntime", "RateLimit", "RateLimitPolicy", "SharedLimiterRuntime"]
 
 Algorithm = Literal["sliding-window", "fixed-window", "moving-window"]
 ALGORITHMS: tuple[Algorithm, ...] = ("sliding-window", "fixed-window", "moving-window")
@@ -276,3 +284,92 @@ class SharedLimiterRuntime(LimiterRuntime):
 def _retry_after(reset_time: float) -> float:
     """Seconds until `limits` says the window frees a slot, rounded up to the microsecond."""
     return math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6
+
+
+# ---------------------------------------------------------------- the layer: rate limit
+
+_current_deadline = _DEADLINE.get
+
+
+class RateLimitPolicy(Protocol):
+    """What the rate limit compiles into the policy."""
+
+    limiter: LimiterRuntime | None
+
+
+def _compile(cp: RateLimitPolicy, options: Mapping[str, Any]) -> None:
+    config: RateLimit | None = options.get("rate_limit")
+    # A shared (Redis) limit is keyed by RateLimit.name, else the policy's name.
+    cp.limiter = LimiterRuntime(config, scope=options.get("name")) if config else None
+
+
+def _link(cp: RateLimitPolicy, inner: Link) -> Link | None:
+    """Admission by rate: take a slot, or wait for one within `max_wait` (clamped to the deadline)."""
+    limiter = cp.limiter
+    if limiter is None:
+        return None
+    after_sync, after_async = inner.sync, inner.async_
+    keyed, shared = limiter.keyed, limiter.shared
+
+    def rate_limit_sync(
+        cp: RateLimitPolicy,
+        label: str,
+        fn: Callable[..., Any],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        key = limiter.key_of(args, kwargs) if keyed else ""
+        now = CLOCK.monotonic()
+        wait = limiter.try_acquire(key, now)
+        if wait:
+            _wait_for_rate_slot_sync(limiter, key, wait, label)
+            now = None
+        return after_sync(cp, label, fn, args, kwargs, obs, now)
+
+    async def rate_limit_async(
+        cp: RateLimitPolicy,
+        label: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        key = limiter.key_of(args, kwargs) if keyed else ""
+        if shared:  # a Redis round trip: the reading would be stale after it
+            wait = await limiter.atry_acquire(key)
+        else:
+            now = CLOCK.monotonic()
+            wait = limiter.try_acquire(key, now)
+        if wait:
+            await _wait_for_rate_slot_async(limiter, key, wait, label)
+            now = None
+        return await after_async(cp, label, fn, args, kwargs, obs, now)
+
+    return Link(rate_limit_sync, rate_limit_async)
+
+
+def _wait_for_rate_slot_sync(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
+    """Sleep until a slot frees up; `max_wait` (clamped to the deadline) bounds the whole wait."""
+    budget = limiter.wait_budget(_current_deadline())
+    while wait:
+        if wait > budget:
+            raise limiter.reject(key, wait, label)
+        CLOCK.sleep(wait)
+        budget -= wait
+        wait = limiter.try_acquire(key)
+
+
+async def _wait_for_rate_slot_async(limiter: LimiterRuntime, key: str, wait: float, label: str) -> None:
+    budget = limiter.wait_budget(_current_deadline())
+    while wait:
+        if wait > budget:
+            raise limiter.reject(key, wait, label)
+        await CLOCK.asleep(wait)
+        budget -= wait
+        wait = await limiter.atry_acquire(key) if limiter.shared else limiter.try_acquire(key)
+
+
+LAYER = Layer("rate_limit", _link, _compile)

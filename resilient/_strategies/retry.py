@@ -14,22 +14,36 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import tenacity
 
+from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import BulkheadFullError, CircuitOpenError, RateLimitedError
+from resilient._kernel.layer import Layer, Link
 from resilient._kernel.validate import check_int, check_number, check_seconds
+from resilient._strategies.attempt import AttemptPolicy, bounded_async, bounded_sync
+from resilient._strategies.breaker import OPEN
 from resilient._strategies.budget import BudgetRuntime, RetryBudget
+from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Mapping
+
+    from resilient._kernel.layer import Args, Kwargs, Step
+    from resilient._strategies.breaker import BreakerRuntime
+    from resilient.instrumentation._otel import CallObservation
 
 __all__ = [
     "EVENT_BUDGET_EXHAUSTED",
     "EVENT_EXHAUSTED",
     "EVENT_SCHEDULED",
+    "LAYER",
     "PROGRAMMING_ERRORS",
     "Retry",
     "RetryCall",
+    "RetryPolicy",
     "RetryRuntime",
 ]
 
@@ -273,3 +287,167 @@ def _default_wait(config: Retry) -> Callable[[tenacity.RetryCallState], float]:
             multiplier=config.initial_delay, max=config.max_delay, exp_base=config.exp_base
         )
     return tenacity.wait_exponential(multiplier=config.initial_delay, max=config.max_delay, exp_base=config.exp_base)
+
+
+# ---------------------------------------------------------------- the layer: retry and its budget
+
+_current_deadline = _DEADLINE.get
+
+
+class RetryPolicy(AttemptPolicy, Protocol):
+    """What the retry layer reads of the compiled policy: its runtime, and the attempt's."""
+
+    retry: RetryRuntime | None
+
+
+def _compile(cp: RetryPolicy, options: Mapping[str, Any]) -> None:
+    config: Retry | None = options.get("retry")
+    cp.retry = RetryRuntime(config) if config else None
+
+
+def _link(cp: RetryPolicy, inner: Link) -> Link | None:
+    """The retry loop around the next layer (the attempt, or one call fewer: see `Link.skippable`)."""
+    retry = cp.retry
+    if retry is None:
+        return None
+    return Link(_retry_sync(retry, cp.breaker, inner), _retry_async(retry, cp.breaker, inner))
+
+
+def _retry_sync(retry: RetryRuntime, breaker: BreakerRuntime | None, inner: Link) -> Step:
+    attempt_sync, skippable = inner.sync, inner.skippable
+    budget = retry.budget
+
+    def retry_sync(
+        cp: RetryPolicy,
+        label: str,
+        fn: Callable[..., Any],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        if budget is not None:
+            budget.deposit(now)
+        bounded = cp.bounded_sync
+        # Without telemetry the attempt layer adds only the breaker, and while that is quiet
+        # (`BreakerRuntime.quiet`) its whole part is to hear of a failure: this layer then
+        # calls the function (within the attempt's bound, if any) and reports that itself.
+        direct = skippable and obs is None
+        attempt = 1
+        call: RetryCall | None = None
+        while True:
+            quiet = direct and (breaker is None or breaker.quiet)
+            try:
+                if quiet:
+                    result = bounded_sync(cp, label, fn, args, kwargs) if bounded else fn(*args, **kwargs)
+                else:
+                    result = attempt_sync(cp, label, fn, args, kwargs, obs, now)
+            except Exception as error:
+                call = call or RetryCall(fn, args, kwargs)
+                if (delay := _delay_after_error(breaker, retry, call, attempt, error, label, quiet)) is None:
+                    raise
+            else:
+                if not (retry.checks_results or (quiet and breaker is not None and breaker.reports_success)):
+                    return result
+                call = call or RetryCall(fn, args, kwargs)
+                if (delay := _delay_after_result(breaker, retry, call, attempt, result, label, quiet)) is None:
+                    return result
+            CLOCK.sleep(delay)
+            attempt += 1
+            now = None
+
+    return retry_sync
+
+
+def _retry_async(retry: RetryRuntime, breaker: BreakerRuntime | None, inner: Link) -> Step:
+    attempt_async, skippable = inner.async_, inner.skippable
+    budget = retry.budget
+
+    async def retry_async(
+        cp: RetryPolicy,
+        label: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        if budget is not None:
+            budget.deposit(now)
+        bounded = cp.bounded_async
+        direct = skippable and obs is None  # as in `retry_sync`: one coroutine fewer per attempt
+        attempt = 1
+        call: RetryCall | None = None
+        while True:
+            quiet = direct and (breaker is None or breaker.quiet)
+            try:
+                if quiet:
+                    result = await (bounded_async(cp, label, fn, args, kwargs) if bounded else fn(*args, **kwargs))
+                else:
+                    result = await attempt_async(cp, label, fn, args, kwargs, obs, now)
+            except Exception as error:
+                call = call or RetryCall(fn, args, kwargs)
+                if (delay := _delay_after_error(breaker, retry, call, attempt, error, label, quiet)) is None:
+                    raise
+            else:
+                if not (retry.checks_results or (quiet and breaker is not None and breaker.reports_success)):
+                    return result
+                call = call or RetryCall(fn, args, kwargs)
+                if (delay := _delay_after_result(breaker, retry, call, attempt, result, label, quiet)) is None:
+                    return result
+            await CLOCK.asleep(delay)
+            attempt += 1
+            now = None
+
+    return retry_async
+
+
+def _delay_after_error(
+    breaker: BreakerRuntime | None,
+    retry: RetryRuntime,
+    call: RetryCall,
+    attempt: int,
+    error: Exception,
+    label: str,
+    quiet: bool,
+) -> float | None:
+    """The wait before the next attempt after `error`; None when it is to be raised.
+
+    `quiet`: the retry layer called the function itself, so the breaker has yet to hear of
+    the failure (first: it may open the breaker, which ends the retries).
+    """
+    if quiet and breaker is not None:
+        breaker.on_failure(error, probe=False, label=label)
+    call.record(attempt, error, None)
+    # The breaker is open now: another attempt would only fail fast, so give up with the real error.
+    if not retry.is_retryable(error, call) or (breaker is not None and breaker.state is OPEN):
+        return None
+    return retry.next_delay(call, attempt, error, None, CLOCK.monotonic(), _current_deadline(), label)
+
+
+def _delay_after_result(
+    breaker: BreakerRuntime | None,
+    retry: RetryRuntime,
+    call: RetryCall,
+    attempt: int,
+    result: Any,
+    label: str,
+    quiet: bool,
+) -> float | None:
+    """The wait before the next attempt after `result`; None to return it.
+
+    `quiet`: the retry layer called the function itself, so a breaker that counted a failure
+    elsewhere meanwhile hears of this success here (it resets the count, as the attempt
+    layer's check after the call would have).
+    """
+    if quiet and breaker is not None and breaker.reports_success:
+        breaker.on_success(probe=False, duration=0.0, label=label)
+    if not retry.checks_results:
+        return None
+    call.record(attempt, None, result)
+    if not retry.is_retryable_result(result, call):
+        return None
+    return retry.next_delay(call, attempt, None, result, CLOCK.monotonic(), _current_deadline(), label)
+
+
+LAYER = Layer("retry", _link, _compile)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
 import queue
 import threading
@@ -24,13 +25,20 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from resilient._kernel.clock import CLOCK
+from resilient._kernel.layer import Layer, Link
 from resilient._kernel.validate import check_int, check_seconds
+from resilient.deadline import _DEADLINE
+from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Mapping
     from datetime import timedelta
 
-__all__ = ["EVENT_EXCEEDED", "ThreadRunner", "Timeout"]
+    from resilient._kernel.layer import Args, Kwargs
+    from resilient.instrumentation._otel import CallObservation
+
+__all__ = ["EVENT_EXCEEDED", "LAYER", "ThreadRunner", "Timeout", "TimeoutPolicy"]
 
 T = TypeVar("T")
 
@@ -222,3 +230,99 @@ def watchdog_for(loop: asyncio.AbstractEventLoop) -> DeadlineWatchdog:
         watchdog = _WATCHDOGS[loop] = DeadlineWatchdog(loop)
     _LAST = (loop, watchdog)
     return watchdog
+
+
+# ---------------------------------------------------------------- the layer: total timeout (deadline)
+
+#: The deadline variable's methods, bound once: Python 3.11 calls a method of an imported
+#: name through a new bound method object each time.
+_current_deadline = _DEADLINE.get
+_set_deadline = _DEADLINE.set
+_reset_deadline = _DEADLINE.reset
+
+
+class TimeoutPolicy(Protocol):
+    """What the timeout compiles into the policy (the attempt layer reads the attempt bounds)."""
+
+    total_timeout: float | None
+    attempt_timeout: float | None
+    runner: ThreadRunner | None
+    bounded_sync: bool
+    bounded_async: bool
+
+
+def _compile(cp: TimeoutPolicy, options: Mapping[str, Any]) -> None:
+    timeout: Timeout | None = options.get("timeout")
+    cp.total_timeout = timeout.total if timeout else None  # type: ignore[assignment]
+    cp.attempt_timeout = timeout.attempt if timeout else None  # type: ignore[assignment]
+    cp.runner = ThreadRunner(timeout.max_threads) if timeout and timeout.sync_mode == "thread" else None
+    # Sync attempts need the bounded path to publish a tighter per-attempt deadline or
+    # to run in the thread pool; async attempts need it for any timeout (cancellation).
+    cp.bounded_sync = timeout is not None and (cp.runner is not None or cp.attempt_timeout is not None)
+    cp.bounded_async = timeout is not None
+
+
+def _link(cp: TimeoutPolicy, inner: Link) -> Link | None:
+    """The deadline layer: publishes started + total (clamped to an enclosing deadline)."""
+    total = cp.total_timeout
+    if total is None:
+        return None
+    runner = cp.runner
+    after_sync, after_async = inner.sync, inner.async_
+
+    def deadline_sync(
+        cp: TimeoutPolicy,
+        label: str,
+        fn: Callable[..., Any],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        started = CLOCK.monotonic() if now is None else now
+        deadline = _deadline(started, total)
+        token = _set_deadline(deadline)
+        try:
+            result = after_sync(cp, label, fn, args, kwargs, obs, started)
+        finally:
+            _reset_deadline(token)
+        if runner is None and CLOCK.monotonic() > deadline:  # cooperative: late, but not discarded
+            _report_late(label, deadline, total)
+        return result
+
+    async def deadline_async(
+        cp: TimeoutPolicy,
+        label: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Args,
+        kwargs: Kwargs,
+        obs: CallObservation | None,
+        now: float | None = None,
+    ) -> Any:
+        started = CLOCK.monotonic() if now is None else now
+        token = _set_deadline(_deadline(started, total))
+        try:
+            return await after_async(cp, label, fn, args, kwargs, obs, started)
+        finally:
+            _reset_deadline(token)
+
+    return Link(deadline_sync, deadline_async)
+
+
+def _deadline(started: float, total: float) -> float:
+    """started + total, or the enclosing deadline when that is earlier (the very object, for `_report_late`)."""
+    deadline = started + total
+    inherited = _current_deadline()
+    if inherited is not None and inherited < deadline:
+        return inherited
+    return deadline
+
+
+def _report_late(label: str, deadline: float, total: float) -> None:
+    # Which deadline won, by identity of the value, not by arithmetic: in floats
+    # (started + total) - started can come out a hair below total.
+    scope = "inherited" if deadline is _current_deadline() else "total"
+    HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=total, interrupted=False)
+
+
+LAYER = Layer("timeout", _link, _compile)

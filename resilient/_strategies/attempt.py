@@ -1,15 +1,16 @@
-"""One attempt, for both drivers: breaker admission, the per-attempt timeout, attempt timing.
+"""One attempt: the breaker's admission, the per-attempt timeout, attempt timing.
 
-The innermost layer of `_pipeline`'s chain, with the same signature as every layer there:
-the retry layer calls it once per attempt (without retry, the layer before it does, through
-`CompiledPolicy.sync_after_deadline` / `async_after_deadline`). `now` is the clock reading
-handed down, `None` when it must be read again. When the attempt layer would only pass a
-failure on to a quiet breaker, the retry layer skips it and calls `bounded_sync` /
-`bounded_async` (or the function) itself.
+The innermost layer (`LAYER`, row "attempt" of the engine's table): it calls the function
+itself. The retry layer calls it once per attempt (without retry, the layer before it
+does). `now` is the clock reading handed down, `None` when it must be read again. When the
+attempt layer would only pass a failure on to a quiet breaker, the retry layer skips it
+(its `Link.skippable`) and calls `bounded_sync` / `bounded_async` (or the function) itself.
 
 An attempt is bounded by the tighter of the attempt timeout and the deadline in force; the
 bound is published in the deadline context variable while the attempt runs, so calls made
-inside it clamp to it.
+inside it clamp to it. The timeout layer (`timeout.LAYER`) compiles the bounds this module
+reads (`attempt_timeout`, `runner`, `bounded_sync`, `bounded_async`); this layer compiles
+the breaker (joined by name through `breaker_registry`).
 """
 
 from __future__ import annotations
@@ -18,23 +19,27 @@ import asyncio
 import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import DeadlineExceededError
+from resilient._kernel.layer import Args, Kwargs, Layer, Link
 from resilient._strategies.breaker import CLOSED
+from resilient._strategies.breaker_registry import breaker_for
 from resilient._strategies.timeout import EVENT_EXCEEDED, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
-    from resilient._engine.compiled import CompiledPolicy
     from resilient._strategies.breaker import BreakerRuntime
+    from resilient._strategies.timeout import ThreadRunner
     from resilient.instrumentation._otel import CallObservation
 
 __all__ = [
+    "LAYER",
+    "AttemptPolicy",
     "attempt_async",
     "attempt_async_shared",
     "attempt_sync",
@@ -48,12 +53,20 @@ _current_deadline = _DEADLINE.get
 _set_deadline = _DEADLINE.set
 _reset_deadline = _DEADLINE.reset
 
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
+
+class AttemptPolicy(Protocol):
+    """What one attempt reads of the compiled policy (set by the timeout and attempt layers)."""
+
+    breaker: BreakerRuntime | None
+    total_timeout: float | None
+    attempt_timeout: float | None
+    runner: ThreadRunner | None
+    bounded_sync: bool
+    bounded_async: bool
 
 
 def attempt_sync(
-    cp: CompiledPolicy,
+    cp: AttemptPolicy,
     label: str,
     fn: Callable[..., Any],
     args: Args,
@@ -89,7 +102,7 @@ def attempt_sync(
 
 
 async def attempt_async(
-    cp: CompiledPolicy,
+    cp: AttemptPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
@@ -128,7 +141,7 @@ async def attempt_async(
 
 
 async def attempt_async_shared(
-    cp: CompiledPolicy,
+    cp: AttemptPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
@@ -169,7 +182,7 @@ def _attempt_start(breaker: BreakerRuntime | None, now: float | None) -> float:
     return now
 
 
-def _attempt_end(cp: CompiledPolicy, deadline: float | None, now: float) -> float | None:
+def _attempt_end(cp: AttemptPolicy, deadline: float | None, now: float) -> float | None:
     """The instant the attempt must end by: the tighter of its own timeout and the deadline."""
     limit = cp.attempt_timeout
     if limit is None:
@@ -178,14 +191,14 @@ def _attempt_end(cp: CompiledPolicy, deadline: float | None, now: float) -> floa
     return deadline if deadline is not None and deadline <= own else own
 
 
-def _exceeded_limit(cp: CompiledPolicy, deadline: float | None, end: float, now: float) -> tuple[str, float]:
+def _exceeded_limit(cp: AttemptPolicy, deadline: float | None, end: float, now: float) -> tuple[str, float]:
     """Which limit `end` is (scope) and that limit in seconds; worked out only once it is exceeded."""
     if end is deadline:  # the deadline won (`_attempt_end` hands back that very object)
         return ("total" if cp.total_timeout is not None else "inherited"), cp.total_timeout or max(end - now, 0.0)
     return "attempt", cp.attempt_timeout or 0.0
 
 
-def bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+def bounded_sync(cp: AttemptPolicy, label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
     """Call `fn` within the attempt's bound: cooperative, or in the thread runner."""
     deadline = _current_deadline()
     now = CLOCK.monotonic()
@@ -213,7 +226,7 @@ def bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: A
 
 
 async def bounded_async(
-    cp: CompiledPolicy,
+    cp: AttemptPolicy,
     label: str,
     fn: Callable[..., Awaitable[Any]],
     args: Args,
@@ -254,8 +267,22 @@ async def bounded_async(
             _reset_deadline(token)
 
 
-def _exceeded(cp: CompiledPolicy, label: str, deadline: float | None, end: float, now: float) -> DeadlineExceededError:
+def _exceeded(cp: AttemptPolicy, label: str, deadline: float | None, end: float, now: float) -> DeadlineExceededError:
     """Report the attempt's bound as exceeded (`interrupted`) and build the error naming it."""
     scope, seconds = _exceeded_limit(cp, deadline, end, now)
     HUB.emit(EVENT_EXCEEDED, label, logging.WARNING, scope=scope, timeout=seconds, interrupted=True)
     return DeadlineExceededError(seconds, scope=scope, policy=label)
+
+
+def _compile(cp: AttemptPolicy, options: Mapping[str, Any]) -> None:
+    config = options.get("breaker")
+    cp.breaker = breaker_for(config) if config is not None else None
+
+
+def _link(cp: AttemptPolicy, _inner: Link) -> Link:
+    """Always present (it calls the function); a breaker kept in Redis is awaited on the async side."""
+    shared = cp.breaker is not None and cp.breaker.shared
+    return Link(attempt_sync, attempt_async_shared if shared else attempt_async, skippable=True)
+
+
+LAYER = Layer("attempt", _link, _compile)
