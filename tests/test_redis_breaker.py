@@ -9,7 +9,7 @@ import redis
 from resilient import CircuitBreaker, CircuitOpenError, Policy, instrumentation, testing
 from resilient._storage.shared_breaker import DEFAULT_TTL, SharedBreakerRuntime
 from resilient._strategies.breaker import BreakerRuntime
-from resilient._strategies.breaker_registry import breaker_for
+from resilient._strategies.breaker_registry import breaker_for, new_breaker
 from tests._redis_workers import (
     JOIN_TIMEOUT,
     BreakerSpec,
@@ -38,7 +38,7 @@ def _age_open_breaker(client: redis.Redis, runtime: BreakerRuntime) -> None:
 
 def _open_elsewhere(spec: BreakerSpec) -> None:
     """Open the breaker from a runtime of its own, as another process would."""
-    other = BreakerRuntime(spec.config())
+    other = new_breaker(spec.config())
     _fail(other, spec.failure_threshold)
     assert other.state == "open"
 
@@ -66,7 +66,7 @@ def test_open_in_one_process_fails_fast_in_another(uri: str, use_async: bool) ->
 def test_half_open_probes_are_bounded_across_processes(uri: str, client: redis.Redis, use_async: bool) -> None:
     """With half_open_max_calls=2, 4 processes x 4 threads admit exactly 2 probes; the rest fail fast."""
     spec = BreakerSpec(uri, half_open_max_calls=2)
-    opener = BreakerRuntime(spec.config())
+    opener = new_breaker(spec.config())
     _fail(opener, spec.failure_threshold)
     _age_open_breaker(client, opener)
     context = spawn()
@@ -100,7 +100,7 @@ def test_a_new_process_joins_the_stored_state(uri: str, client: redis.Redis) -> 
 
 def test_state_lives_in_one_prefixed_hash_with_a_ttl(uri: str, prefix: str, client: redis.Redis) -> None:
     """Counts and state sit under {prefix}:breaker:{name}:state, which expires when abandoned."""
-    runtime = BreakerRuntime(BreakerSpec(uri, name="payments").config())
+    runtime = new_breaker(BreakerSpec(uri, name="payments").config())
     _fail(runtime, 1)
     key = f"{prefix}:breaker:payments:state"
     assert client.hgetall(key) == {b"f": b"1"}
@@ -110,7 +110,7 @@ def test_state_lives_in_one_prefixed_hash_with_a_ttl(uri: str, prefix: str, clie
 def test_a_success_anywhere_resets_consecutive_failures(uri: str) -> None:
     """Failures are consecutive across processes: a success elsewhere resets the shared count."""
     spec = BreakerSpec(uri)
-    first, second = BreakerRuntime(spec.config()), BreakerRuntime(spec.config())
+    first, second = new_breaker(spec.config()), new_breaker(spec.config())
     _fail(first, 2)
     probe = second.acquire("test")
     assert second.reports_success  # Redis told it there are failures to reset
@@ -123,7 +123,7 @@ def test_a_success_anywhere_resets_consecutive_failures(uri: str) -> None:
 
 def test_a_closed_clean_breaker_skips_the_success_round_trip(uri: str) -> None:
     """With no failures stored, a success needs no report: one round trip per call."""
-    runtime = BreakerRuntime(BreakerSpec(uri).config())
+    runtime = new_breaker(BreakerSpec(uri).config())
     assert runtime.acquire("test") is False
     assert not runtime.reports_success
 
@@ -131,7 +131,7 @@ def test_a_closed_clean_breaker_skips_the_success_round_trip(uri: str) -> None:
 def test_probe_permits_are_leases(uri: str, client: redis.Redis) -> None:
     """A probe that never reports frees its permit after reset_timeout, so half-open cannot stick."""
     spec = BreakerSpec(uri, half_open_max_calls=1)
-    runtime = BreakerRuntime(spec.config())
+    runtime = new_breaker(spec.config())
     _fail(runtime, spec.failure_threshold)
     _age_open_breaker(client, runtime)
     assert runtime.acquire("test") is True  # the probe's process "dies" here
@@ -144,7 +144,7 @@ def test_probe_permits_are_leases(uri: str, client: redis.Redis) -> None:
 def test_a_late_probe_report_from_an_older_half_open_changes_nothing(uri: str, client: redis.Redis) -> None:
     """Transitions bump an epoch, so a success reported for a probe of an older half-open period is ignored."""
     spec = BreakerSpec(uri)
-    late, other = BreakerRuntime(spec.config()), BreakerRuntime(spec.config())
+    late, other = new_breaker(spec.config()), new_breaker(spec.config())
     key = late.key  # type: ignore[attr-defined]
     _fail(late, spec.failure_threshold)
     _age_open_breaker(client, late)
@@ -162,7 +162,7 @@ def test_a_late_probe_report_from_an_older_half_open_changes_nothing(uri: str, c
 def test_transition_events_fire_in_the_process_that_made_them(uri: str, events: list[instrumentation.Event]) -> None:
     """The opener reports breaker.opened once; a runtime that only observes the open state does not."""
     spec = BreakerSpec(uri)
-    opener, observer = BreakerRuntime(spec.config()), BreakerRuntime(spec.config())
+    opener, observer = new_breaker(spec.config()), new_breaker(spec.config())
     _fail(opener, spec.failure_threshold)
     with pytest.raises(CircuitOpenError):
         observer.acquire("test")
@@ -173,7 +173,7 @@ def test_transition_events_fire_in_the_process_that_made_them(uri: str, events: 
 def test_failure_rate_window_is_local_and_opens_the_shared_state(uri: str) -> None:
     """A process whose own window reaches the failure rate opens the breaker for every process."""
     config = CircuitBreaker(name="rate", failure_rate=0.5, window=4, minimum_calls=4, storage=uri)
-    first, second = BreakerRuntime(config), BreakerRuntime(config)
+    first, second = new_breaker(config), new_breaker(config)
     for failed in (False, True, False, True):
         probe = first.acquire("test")
         if failed:
@@ -205,7 +205,7 @@ def test_policy_calls_go_through_the_shared_state(uri: str) -> None:
 async def test_async_twins_share_the_same_state(uri: str, client: redis.Redis) -> None:
     """aacquire / aon_failure / aon_success drive the same Redis state as the sync methods."""
     spec = BreakerSpec(uri)
-    runtime = BreakerRuntime(spec.config())
+    runtime = new_breaker(spec.config())
     for _ in range(spec.failure_threshold):
         probe = await runtime.aacquire("test")
         await runtime.aon_failure(ConnectionError("down"), probe=probe, label="test")
@@ -221,7 +221,7 @@ async def test_async_twins_share_the_same_state(uri: str, client: redis.Redis) -
 
 async def test_memory_twins_are_the_sync_path() -> None:
     """On memory, the async twins are the in-process decisions."""
-    runtime = BreakerRuntime(CircuitBreaker(name="mem", failure_threshold=1))
+    runtime = new_breaker(CircuitBreaker(name="mem", failure_threshold=1))
     assert not runtime.shared
     probe = await runtime.aacquire("test")
     await runtime.aon_failure(ConnectionError("x"), probe=probe, label="test")
@@ -232,10 +232,10 @@ async def test_memory_twins_are_the_sync_path() -> None:
 def test_reset_closes_the_shared_state(uri: str) -> None:
     """reset() closes the breaker in Redis too, so every process sees it closed."""
     spec = BreakerSpec(uri)
-    runtime = BreakerRuntime(spec.config())
+    runtime = new_breaker(spec.config())
     _fail(runtime, spec.failure_threshold)
     runtime.reset()
-    assert BreakerRuntime(spec.config()).acquire("test") is False
+    assert new_breaker(spec.config()).acquire("test") is False
 
 
 def test_a_pybreaker_breaker_keeps_its_own_storage(uri: str) -> None:

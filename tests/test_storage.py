@@ -27,7 +27,7 @@ from resilient._storage.config import (
 )
 from resilient._storage.shared_breaker import SharedBreakerRuntime
 from resilient._storage.store import close_stores
-from resilient._strategies.breaker import BreakerRuntime
+from resilient._strategies.breaker_registry import new_breaker
 from resilient._strategies.ratelimit import LimiterRuntime, SharedLimiterRuntime
 from tests._redis_workers import PrivateRedis, private_redis, with_prefix
 
@@ -178,7 +178,7 @@ def test_configure_storage_sets_the_default_for_later_policies(redis_url: str) -
     """configure_storage() makes configs without a storage shared; None goes back to memory."""
     configure_storage(redis_url)
     assert isinstance(LimiterRuntime(RateLimit("1/second")), SharedLimiterRuntime)
-    assert isinstance(BreakerRuntime(CircuitBreaker(name="default")), SharedBreakerRuntime)
+    assert isinstance(new_breaker(CircuitBreaker(name="default")), SharedBreakerRuntime)
     assert type(LimiterRuntime(RateLimit("1/second", storage="memory://"))) is LimiterRuntime
     configure_storage(None)
     assert type(LimiterRuntime(RateLimit("1/second"))) is LimiterRuntime
@@ -187,7 +187,7 @@ def test_configure_storage_sets_the_default_for_later_policies(redis_url: str) -
 def test_the_environment_sets_the_default(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
     """RESILIENT_STORAGE is the default when configure_storage() was not called."""
     monkeypatch.setenv(ENV_STORAGE, redis_url)
-    assert isinstance(BreakerRuntime(CircuitBreaker(name="env")), SharedBreakerRuntime)
+    assert isinstance(new_breaker(CircuitBreaker(name="env")), SharedBreakerRuntime)
     monkeypatch.setenv(ENV_STORAGE, "nosuch://")
     with pytest.raises(ValueError, match=ENV_STORAGE):
         LimiterRuntime(RateLimit("1/second"))
@@ -250,7 +250,7 @@ def test_an_outage_degrades_to_local_state_and_recovery_restores_sharing(
         )
     finally:
         client.close()
-    other = BreakerRuntime(breaker)  # another process, in effect
+    other = new_breaker(breaker)  # another process, in effect
     for _ in range(2):
         other.on_failure(ConnectionError("down"), probe=other.acquire("test"), label="test")
     with pytest.raises(CircuitOpenError):
@@ -265,7 +265,7 @@ async def test_an_outage_degrades_async_callers_too(
     uri = with_prefix(server.url, f"aoutage-{uuid.uuid4().hex[:8]}")
     policy, breaker = _outage_policy(uri)
     limiter = LimiterRuntime(RateLimit("1000/minute", storage=uri, name="twin"))
-    runtime = BreakerRuntime(breaker)
+    runtime = new_breaker(breaker)
     assert await policy.call_async(_aok) == "ok"
     assert await limiter.atry_acquire("k") == 0.0
     server.stop()
@@ -321,7 +321,7 @@ def test_memory_runtimes_never_touch_the_storage_module(monkeypatch: pytest.Monk
     """On memory, no store is created: the in-process path is the one it always was."""
     monkeypatch.setattr(storage_module, "store_for", None)
     limiter = LimiterRuntime(RateLimit("1/second"))
-    runtime = BreakerRuntime(CircuitBreaker(name="mem"))
+    runtime = new_breaker(CircuitBreaker(name="mem"))
     assert (limiter.shared, runtime.shared) == (False, False)
     assert limiter.try_acquire("") == 0.0
 

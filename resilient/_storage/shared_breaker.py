@@ -403,6 +403,6 @@ class SharedBreakerRuntime(BreakerRuntime):
 def store_for_config(config: CircuitBreaker) -> SharedStore:
     """The store of a breaker config's Redis storage."""
     spec = resolve_storage("breaker.storage", config.storage)
-    if spec is None:  # pragma: no cover - BreakerRuntime.__new__ picks this class only for Redis
+    if spec is None:  # pragma: no cover - breaker_registry.new_breaker picks this class only for Redis
         raise ValueError("SharedBreakerRuntime needs a Redis storage")
     return store_for(spec)

@@ -9,7 +9,8 @@ lock only for counter updates and transitions, and keeps the state in pybreaker'
 storage and objects so pybreaker listeners, `current_state` and storages keep working.
 Listeners run after the lock is released, never under it.
 
-With a Redis `storage` the runtime is a `SharedBreakerRuntime` (`_storage/shared_breaker.py`):
+With a Redis `storage` the registry (`breaker_registry.new_breaker`) builds a
+`SharedBreakerRuntime` instead (`_storage/shared_breaker.py`, a subclass; this module never imports it):
 state shared through atomic Lua scripts, this module's in-process state as the fallback
 while Redis is unreachable. This module's methods stay the in-process path.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "OPEN",
     "BreakerRuntime",
     "CircuitBreaker",
+    "is_shared",
 ]
 
 DEFAULT_FAILURE_THRESHOLD = 5
@@ -178,13 +180,6 @@ class BreakerRuntime:
     #: function itself and reports a failure with `on_failure` (one call fewer per attempt).
     #: Kept current by `_refresh_quiet` wherever the state or `reports_success` changes.
     quiet = False
-
-    def __new__(cls, config: CircuitBreaker) -> BreakerRuntime:  # noqa: PYI034 - picks a subclass
-        if cls is BreakerRuntime and config.pybreaker is None and _is_shared(config):
-            from resilient._storage.shared_breaker import SharedBreakerRuntime  # noqa: PLC0415 - import cycle
-
-            return object.__new__(SharedBreakerRuntime)
-        return object.__new__(cls)
 
     def __init__(self, config: CircuitBreaker) -> None:
         self.config = config
@@ -394,8 +389,9 @@ class BreakerRuntime:
             self._notify(transition, self.name)
 
 
-def _is_shared(config: CircuitBreaker) -> bool:
-    return resolve_storage("breaker.storage", config.storage) is not None
+def is_shared(config: CircuitBreaker) -> bool:
+    """Does this config keep its state in Redis (a Redis `storage`, no pybreaker object of its own)?"""
+    return config.pybreaker is None and resolve_storage("breaker.storage", config.storage) is not None
 
 
 def _call_listener(method: Callable[..., Any], *args: Any) -> None:

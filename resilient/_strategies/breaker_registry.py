@@ -1,7 +1,8 @@
 """The breaker registry: one `BreakerRuntime` per name, shared by every policy that names it.
 
-Split from `_breaker` (what one breaker does): this module only decides which runtime a
-name refers to, and lists them for the state gauge and for tests.
+Split from `breaker` (what one breaker does): this module decides which runtime a name
+refers to and which class it is (`new_breaker`: in process, or kept in Redis by
+`_storage.shared_breaker`), and lists them for the state gauge and for tests.
 """
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from resilient._strategies.breaker import BreakerRuntime, CircuitBreaker
+from resilient._storage.shared_breaker import SharedBreakerRuntime
+from resilient._strategies.breaker import BreakerRuntime, CircuitBreaker, is_shared
 from resilient.instrumentation._hub import HUB
 
-__all__ = ["breaker_for", "breaker_states", "forget_breaker", "forget_breakers", "reset_breakers"]
+__all__ = ["breaker_for", "breaker_states", "forget_breaker", "forget_breakers", "new_breaker", "reset_breakers"]
 
 _REGISTRY: dict[str, BreakerRuntime] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+def new_breaker(config: CircuitBreaker) -> BreakerRuntime:
+    """A new runtime for `config`, unregistered: shared through Redis when its storage says so."""
+    return SharedBreakerRuntime(config) if is_shared(config) else BreakerRuntime(config)
 
 
 def breaker_for(config: CircuitBreaker | str) -> BreakerRuntime:
@@ -27,7 +34,7 @@ def breaker_for(config: CircuitBreaker | str) -> BreakerRuntime:
     with _REGISTRY_LOCK:
         existing = _REGISTRY.get(name)
         if existing is None:
-            runtime = BreakerRuntime(config if isinstance(config, CircuitBreaker) else CircuitBreaker(name=name))
+            runtime = new_breaker(config if isinstance(config, CircuitBreaker) else CircuitBreaker(name=name))
             _REGISTRY[name] = runtime
             return runtime
     # Dataclass equality covers every setting, the wrapped pybreaker object by identity.
