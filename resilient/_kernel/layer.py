@@ -17,14 +17,39 @@ no call. A strategy module defines its `LAYER`; the engine never names one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Args", "Kwargs", "Layer", "Link", "Step", "call_async", "call_sync"]
+__all__ = [
+    "AFn",
+    "Args",
+    "Fn",
+    "Kwargs",
+    "Layer",
+    "Link",
+    "Now",
+    "Obs",
+    "Observation",
+    "Step",
+    "call_async",
+    "call_sync",
+]
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
+Fn = Callable[..., Any]
+AFn = Callable[..., Awaitable[Any]]
+Now = float | None
+
+
+class Observation(Protocol):
+    """What a layer sees of a call's telemetry (`instrumentation._otel.CallObservation`)."""
+
+    def attempt_finished(self, duration: float, ok: bool) -> None: ...
+
+
+Obs = Observation | None
 #: One layer's callable (see the module's docstring for its signature).
 Step = Callable[..., Any]
 
@@ -54,15 +79,11 @@ class Layer:
     compile: Callable[[Any, Mapping[str, Any]], None] | None = None
 
 
-def call_sync(
-    _cp: object, _label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, _obs: object, _now: object = None
-) -> Any:
+def call_sync(_cp: object, _label: str, fn: Fn, args: Args, kwargs: Kwargs, _obs: Obs, _now: Now = None) -> Any:
     """The end of the chain: the protected call itself."""
     return fn(*args, **kwargs)
 
 
-async def call_async(
-    _cp: object, _label: str, fn: Callable[..., Any], args: Args, kwargs: Kwargs, _obs: object, _now: object = None
-) -> Any:
+async def call_async(_cp: object, _label: str, fn: AFn, args: Args, kwargs: Kwargs, _obs: Obs, _now: Now = None) -> Any:
     """The end of the chain, async."""
     return await fn(*args, **kwargs)

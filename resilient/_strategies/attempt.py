@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import DeadlineExceededError
-from resilient._kernel.layer import Args, Kwargs, Layer, Link
+from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Layer, Link, Now, Obs
 from resilient._strategies.breaker import CLOSED
 from resilient._strategies.breaker_registry import breaker_for
-from resilient._strategies.timeout import EVENT_EXCEEDED, watchdog_for
+from resilient._strategies.timeout import EVENT_EXCEEDED, TimeoutPolicy, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from resilient._strategies.breaker import BreakerRuntime
-    from resilient._strategies.timeout import ThreadRunner
-    from resilient.instrumentation._otel import CallObservation
 
 __all__ = [
     "LAYER",
@@ -54,26 +52,13 @@ _set_deadline = _DEADLINE.set
 _reset_deadline = _DEADLINE.reset
 
 
-class AttemptPolicy(Protocol):
-    """What one attempt reads of the compiled policy (set by the timeout and attempt layers)."""
+class AttemptPolicy(TimeoutPolicy, Protocol):
+    """What one attempt reads of the compiled policy: the attempt bounds and the breaker."""
 
     breaker: BreakerRuntime | None
-    total_timeout: float | None
-    attempt_timeout: float | None
-    runner: ThreadRunner | None
-    bounded_sync: bool
-    bounded_async: bool
 
 
-def attempt_sync(
-    cp: AttemptPolicy,
-    label: str,
-    fn: Callable[..., Any],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,
-) -> Any:
+def attempt_sync(cp: AttemptPolicy, label: str, fn: Fn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None) -> Any:
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_sync:
         return fn(*args, **kwargs)
@@ -102,13 +87,7 @@ def attempt_sync(
 
 
 async def attempt_async(
-    cp: AttemptPolicy,
-    label: str,
-    fn: Callable[..., Awaitable[Any]],
-    args: Args,
-    kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,
+    cp: AttemptPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
 ) -> Any:
     breaker = cp.breaker
     if breaker is None and obs is None and not cp.bounded_async:
@@ -143,11 +122,11 @@ async def attempt_async(
 async def attempt_async_shared(
     cp: AttemptPolicy,
     label: str,
-    fn: Callable[..., Awaitable[Any]],
+    fn: AFn,
     args: Args,
     kwargs: Kwargs,
-    obs: CallObservation | None,
-    now: float | None = None,  # noqa: ARG001 - stale after the Redis round trip below
+    obs: Obs,
+    now: Now = None,  # noqa: ARG001 - stale after the Redis round trip below
 ) -> Any:
     """`attempt_async` for a breaker kept in Redis: its decisions are awaited (redis.asyncio)."""
     breaker: BreakerRuntime = cp.breaker  # type: ignore[assignment]

@@ -35,10 +35,9 @@ from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Mapping
 
-    from resilient._kernel.layer import Args, Kwargs
-    from resilient.instrumentation._otel import CallObservation
+    from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Now, Obs
 
 __all__ = ["EVENT_REJECTED", "LAYER", "Bulkhead", "BulkheadPolicy", "BulkheadRuntime"]
 
@@ -227,13 +226,7 @@ def _link(cp: BulkheadPolicy, inner: Link) -> Link | None:
     after_sync, after_async = inner.sync, inner.async_
 
     def bulkhead_sync(
-        cp: BulkheadPolicy,
-        label: str,
-        fn: Callable[..., Any],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
+        cp: BulkheadPolicy, label: str, fn: Fn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         if not bulkhead.try_acquire():
             bulkhead.acquire_sync(_clamp_wait(bulkhead.max_wait), label)
@@ -244,13 +237,7 @@ def _link(cp: BulkheadPolicy, inner: Link) -> Link | None:
             bulkhead.release()
 
     async def bulkhead_async(
-        cp: BulkheadPolicy,
-        label: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
+        cp: BulkheadPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         if not bulkhead.try_acquire():
             await bulkhead.acquire_async(_clamp_wait(bulkhead.max_wait), label)

@@ -35,10 +35,9 @@ from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping
+    from collections.abc import Mapping
 
-    from resilient._kernel.layer import Args, Kwargs
-    from resilient.instrumentation._otel import CallObservation
+    from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Now, Obs
 
 __all__ = ["EVENT_REJECTED", "LAYER", "LimiterRuntime", "RateLimit", "RateLimitPolicy", "SharedLimiterRuntime"]
 
@@ -312,13 +311,7 @@ def _link(cp: RateLimitPolicy, inner: Link) -> Link | None:
     keyed, shared = limiter.keyed, limiter.shared
 
     def rate_limit_sync(
-        cp: RateLimitPolicy,
-        label: str,
-        fn: Callable[..., Any],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
+        cp: RateLimitPolicy, label: str, fn: Fn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         key = limiter.key_of(args, kwargs) if keyed else ""
         now = CLOCK.monotonic()
@@ -329,13 +322,7 @@ def _link(cp: RateLimitPolicy, inner: Link) -> Link | None:
         return after_sync(cp, label, fn, args, kwargs, obs, now)
 
     async def rate_limit_async(
-        cp: RateLimitPolicy,
-        label: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
+        cp: RateLimitPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         key = limiter.key_of(args, kwargs) if keyed else ""
         if shared:  # a Redis round trip: the reading would be stale after it

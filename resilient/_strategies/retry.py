@@ -29,11 +29,10 @@ from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping
+    from collections.abc import Mapping
 
-    from resilient._kernel.layer import Args, Kwargs, Step
+    from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Now, Obs, Step
     from resilient._strategies.breaker import BreakerRuntime
-    from resilient.instrumentation._otel import CallObservation
 
 __all__ = [
     "EVENT_BUDGET_EXHAUSTED",
@@ -317,15 +316,7 @@ def _retry_sync(retry: RetryRuntime, breaker: BreakerRuntime | None, inner: Link
     attempt_sync, skippable = inner.sync, inner.skippable
     budget = retry.budget
 
-    def retry_sync(
-        cp: RetryPolicy,
-        label: str,
-        fn: Callable[..., Any],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
-    ) -> Any:
+    def retry_sync(cp: RetryPolicy, label: str, fn: Fn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None) -> Any:
         if budget is not None:
             budget.deposit(now)
         bounded = cp.bounded_sync
@@ -364,13 +355,7 @@ def _retry_async(retry: RetryRuntime, breaker: BreakerRuntime | None, inner: Lin
     budget = retry.budget
 
     async def retry_async(
-        cp: RetryPolicy,
-        label: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: Args,
-        kwargs: Kwargs,
-        obs: CallObservation | None,
-        now: float | None = None,
+        cp: RetryPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         if budget is not None:
             budget.deposit(now)
