@@ -35,7 +35,7 @@ from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Mapping
 
     from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Now, Obs
 
@@ -321,15 +321,25 @@ def _link(cp: RateLimitPolicy, inner: Link) -> Link | None:
             now = None
         return after_sync(cp, label, fn, args, kwargs, obs, now)
 
-    async def rate_limit_async(
+    def rate_limit_async(
         cp: RateLimitPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        # Not a coroutine: with a slot free it hands back the next layer's awaitable, so
+        # admission costs no coroutine of its own; only a wait (or Redis) needs one.
         key = limiter.key_of(args, kwargs) if keyed else ""
-        if shared:  # a Redis round trip: the reading would be stale after it
+        if shared:
+            return admit_then_async(cp, label, fn, args, kwargs, obs, now, key, None)
+        now = CLOCK.monotonic()
+        wait = limiter.try_acquire(key, now)
+        if wait:
+            return admit_then_async(cp, label, fn, args, kwargs, obs, None, key, wait)
+        return after_async(cp, label, fn, args, kwargs, obs, now)  # type: ignore[no-any-return]
+
+    async def admit_then_async(
+        cp: RateLimitPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now, key: str, wait: Now
+    ) -> Any:
+        if wait is None:  # a Redis round trip: the reading would be stale after it
             wait = await limiter.atry_acquire(key)
-        else:
-            now = CLOCK.monotonic()
-            wait = limiter.try_acquire(key, now)
         if wait:
             await _wait_for_rate_slot_async(limiter, key, wait, label)
             now = None

@@ -273,7 +273,7 @@ def _link(cp: TimeoutPolicy, inner: Link) -> Link | None:
         cp: TimeoutPolicy, label: str, fn: Fn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         started = CLOCK.monotonic() if now is None else now
-        deadline = started + total  # `_deadline`, inlined: one call fewer on the sync hot path
+        deadline = started + total
         inherited = _current_deadline()
         if inherited is not None and inherited < deadline:
             deadline = inherited
@@ -293,22 +293,14 @@ def _link(cp: TimeoutPolicy, inner: Link) -> Link | None:
         cp: TimeoutPolicy, label: str, fn: AFn, args: Args, kwargs: Kwargs, obs: Obs, now: Now = None
     ) -> Any:
         started = CLOCK.monotonic() if now is None else now
-        token = _set_deadline(_deadline(started, total))
+        own, inherited = started + total, _current_deadline()
+        token = _set_deadline(inherited if inherited is not None and inherited < own else own)
         try:
             return await after_async(cp, label, fn, args, kwargs, obs, started)
         finally:
             _reset_deadline(token)
 
     return Link(deadline_sync, deadline_async)
-
-
-def _deadline(started: float, total: float) -> float:
-    """started + total, or the enclosing deadline when that is earlier."""
-    deadline = started + total
-    inherited = _current_deadline()
-    if inherited is not None and inherited < deadline:
-        return inherited
-    return deadline
 
 
 LAYER = Layer("timeout", _link, _compile)
