@@ -83,22 +83,13 @@ def _observed_sync(
     try:
         result = cp.sync_entry(cp, label, fn, args, kwargs, obs)
     except Exception as error:
-        fallback = cp.fallback
-        if fallback is None or not fallback.handles(error):
-            _end(cp, obs, error, None)
+        if (value := _recover(cp, obs, error, label)) is _RAISE:
             raise
-        try:
-            value = fallback.value(error, label)
-        except BaseException as fallback_error:
-            _end(cp, obs, fallback_error, None)
-            raise
-        _end(cp, obs, error, "fallback")
         return value
     except BaseException:
         _end(cp, obs, None, "cancelled")
         raise
-    _end(cp, obs, None, "success")
-    return result
+    return _end(cp, obs, None, "success", result)
 
 
 async def _observed_async(
@@ -113,29 +104,52 @@ async def _observed_async(
     try:
         result = await cp.async_entry(cp, label, fn, args, kwargs, obs)
     except Exception as error:
-        fallback = cp.fallback
-        if fallback is None or not fallback.handles(error):
-            _end(cp, obs, error, None)
+        if (value := _recover(cp, obs, error, label)) is _RAISE:
             raise
-        try:
-            value = fallback.value(error, label)
-            if fallback.is_async:
+        if cp.fallback is not None and cp.fallback.is_async:  # `_recover` left the handler's awaitable to us
+            try:
                 value = await value
-        except BaseException as fallback_error:
-            _end(cp, obs, fallback_error, None)
-            raise
-        _end(cp, obs, error, "fallback")
+            except BaseException as fallback_error:
+                _end(cp, obs, fallback_error, None)
+                raise
+            _end(cp, obs, error, "fallback")
         return value
     except BaseException:
         _end(cp, obs, None, "cancelled")
         raise
-    _end(cp, obs, None, "success")
-    return result
+    return _end(cp, obs, None, "success", result)
 
 
-def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException | None, outcome: str | None) -> None:
+#: `_recover`'s answer when the error is to be re-raised (by the caller's bare `raise`: traceback intact).
+_RAISE: Any = object()
+
+
+def _recover(cp: CompiledPolicy, obs: CallObservation | None, error: Exception, label: str) -> Any:
+    """The fallback's value for `error` (an async handler's: its awaitable, not yet ended), or `_RAISE`."""
+    fallback = cp.fallback
+    if fallback is None or not fallback.handles(error):
+        _end(cp, obs, error, None)
+        return _RAISE
+    try:
+        value = fallback.value(error, label)
+    except BaseException as fallback_error:
+        _end(cp, obs, fallback_error, None)
+        raise
+    if not fallback.is_async:
+        _end(cp, obs, error, "fallback")
+    return value
+
+
+def _end(
+    cp: CompiledPolicy,
+    obs: CallObservation | None,
+    error: BaseException | None,
+    outcome: str | None,
+    result: Any = None,
+) -> Any:
+    """End the call's telemetry with its outcome; hand back `result` (the caller returns it)."""
     if obs is None:
-        return
+        return result
     extra: dict[str, Any] = {}
     if error is not None:
         classified, reason = outcome_of(error)
@@ -147,3 +161,4 @@ def _end(cp: CompiledPolicy, obs: CallObservation | None, error: BaseException |
         # Closed is implied on a success; with an SDK every span attribute costs ~0.5 µs.
         extra["resilient.breaker.state"] = breaker.state
     obs.end(outcome or "success", error, extra)
+    return result
