@@ -2,7 +2,7 @@
 
 The wrapper *is* the telemetry-and-fallback layer (`wrap_sync`, `wrap_async`): with nobody
 listening and no fallback, nearly every call, it goes straight to the compiled policy's
-first configured layer (`CompiledPolicy.sync_entry` / `async_entry`, in `_pipeline`);
+first configured layer (`CompiledPolicy.sync_entry` / `async_entry`, linked from `_engine/layers.py`);
 otherwise `_observed_sync` / `_observed_async` run the call with its span, metrics and
 fallback.
 """

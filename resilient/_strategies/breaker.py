@@ -205,7 +205,7 @@ class BreakerRuntime:
         self.state: str = _STATES.get(self._pb.current_state, CLOSED)
         self._opened_at = self._opened_monotonic()
         #: False while a success needs no bookkeeping (closed, no failures counted, nothing
-        #: listening): the pipeline then skips `on_success` entirely.
+        #: listening): the attempt and retry layers then skip `on_success` entirely.
         self.reports_success = True
         self._refresh_reports()
 
