@@ -68,21 +68,11 @@ def attempt_sync(cp: AttemptPolicy, label: str, fn: Fn, args: Args, kwargs: Kwar
     start = _attempt_start(breaker, now) if timed else 0.0
     try:
         result = bounded_sync(cp, label, fn, args, kwargs) if cp.bounded_sync else fn(*args, **kwargs)
-    except Exception as error:
-        if obs is not None:
-            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
-        if breaker is not None:
-            breaker.on_failure(error, probe=probe, label=label)
+    except BaseException as error:
+        _failed(breaker, obs, probe, start, error, label)
         raise
-    except BaseException:
-        if breaker is not None:
-            breaker.on_abandon(probe)
-        raise
-    duration = CLOCK.monotonic() - start if timed else 0.0
-    if obs is not None:
-        obs.attempt_finished(duration, ok=True)
-    if breaker is not None and (probe or breaker.reports_success):
-        breaker.on_success(probe=probe, duration=duration, label=label)
+    if timed or probe or (breaker is not None and breaker.reports_success):  # else nothing to record
+        _succeeded(breaker, obs, probe, start if timed else None, label)
     return result
 
 
@@ -101,21 +91,11 @@ async def attempt_async(
             result = await bounded_async(cp, label, fn, args, kwargs)
         else:
             result = await fn(*args, **kwargs)
-    except Exception as error:
-        if obs is not None:
-            obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
-        if breaker is not None:
-            breaker.on_failure(error, probe=probe, label=label)
+    except BaseException as error:
+        _failed(breaker, obs, probe, start, error, label)
         raise
-    except BaseException:
-        if breaker is not None:
-            breaker.on_abandon(probe)
-        raise
-    duration = CLOCK.monotonic() - start if timed else 0.0
-    if obs is not None:
-        obs.attempt_finished(duration, ok=True)
-    if breaker is not None and (probe or breaker.reports_success):
-        breaker.on_success(probe=probe, duration=duration, label=label)
+    if timed or probe or (breaker is not None and breaker.reports_success):  # else nothing to record
+        _succeeded(breaker, obs, probe, start if timed else None, label)
     return result
 
 
@@ -152,6 +132,29 @@ async def attempt_async_shared(
     if probe or breaker.reports_success:
         await breaker.aon_success(probe=probe, duration=duration, label=label)
     return result
+
+
+def _failed(
+    breaker: BreakerRuntime | None, obs: Obs, probe: bool, start: float, error: BaseException, label: str
+) -> None:
+    """Report an attempt that raised: a failure (an Exception), else abandoned (cancelled, interrupted)."""
+    if not isinstance(error, Exception):
+        if breaker is not None:
+            breaker.on_abandon(probe)
+        return
+    if obs is not None:
+        obs.attempt_finished(CLOCK.monotonic() - start, ok=False)
+    if breaker is not None:
+        breaker.on_failure(error, probe=probe, label=label)
+
+
+def _succeeded(breaker: BreakerRuntime | None, obs: Obs, probe: bool, start: float | None, label: str) -> None:
+    """Report an attempt that returned (`start`: None when nothing timed it)."""
+    duration = CLOCK.monotonic() - start if start is not None else 0.0
+    if obs is not None:
+        obs.attempt_finished(duration, ok=True)
+    if breaker is not None and (probe or breaker.reports_success):
+        breaker.on_success(probe=probe, duration=duration, label=label)
 
 
 def _attempt_start(breaker: BreakerRuntime | None, now: float | None) -> float:
