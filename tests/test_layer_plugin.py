@@ -125,3 +125,18 @@ def test_register_layer_refuses_a_taken_name_or_an_unknown_place(counting: Count
         unregister_layer("retry")
     names = [row.name for row in layers.LAYERS]
     assert names == ["fallback", "rate_limit", "bulkhead", "timeout", "count", "retry", "attempt"]
+
+
+def test_a_layer_placed_inside_retry_runs_on_every_attempt() -> None:
+    """Placed before the attempt layer it sees each attempt: retry no longer skips past it to the function."""
+    strategy = Counting({"per-attempt"})
+    register_layer(strategy.layer, before="attempt")
+    try:
+        policy = Policy(name="per-attempt", retry=Retry(attempts=3, jitter=False), breaker="per-attempt-breaker")
+        attempts, call = _flaky(failures=2)
+        with no_wait():
+            assert policy.call(call) == "ok"
+    finally:
+        unregister_layer("count")
+    assert policy._compiled.chain == ("retry", "count", "attempt")
+    assert (strategy.calls, len(attempts)) == (3, 3)
