@@ -110,6 +110,12 @@ BAD_OPTIONS = [
         id="breaker-rate",
     ),
     pytest.param(
+        build(CircuitBreaker, name="b", failure_rate=0.5, window=5, minimum_calls=10),
+        ValueError,
+        ("breaker.window", ">= breaker.minimum_calls (10)", "5"),
+        id="breaker-window-below-minimum-calls",
+    ),
+    pytest.param(
         build(CircuitBreaker, name="b", reset_timeout=-5),
         ValueError,
         ("breaker.reset_timeout", "> 0", "-5"),

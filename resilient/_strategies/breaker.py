@@ -102,6 +102,14 @@ class CircuitBreaker:
             check_ratio("breaker.failure_rate", self.failure_rate, allow_zero=False)
         check_int("breaker.window", self.window, minimum=1)
         check_int("breaker.minimum_calls", self.minimum_calls, minimum=1)
+        if self.window < self.minimum_calls:
+            # The window counts calls (the last `window` outcomes), so it never holds more
+            # than `window` of them: below `minimum_calls` the rate would never be judged.
+            raise ValueError(
+                f"breaker.window must be >= breaker.minimum_calls ({self.minimum_calls}): the window holds "
+                f"the last `window` calls and the rate is judged only once `minimum_calls` were seen, "
+                f"got {self.window!r}"
+            )
         if self.slow_call_duration is not None:
             object.__setattr__(
                 self, "slow_call_duration", check_seconds("breaker.slow_call_duration", self.slow_call_duration)
