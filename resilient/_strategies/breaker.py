@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -208,6 +209,10 @@ class BreakerRuntime:
         self._storage = self._pb._state_storage
         self._lock = threading.Lock()
         self._probes = 0
+        #: Bumped by every transition: a probe reports only into the half-open period that
+        #: admitted it (the period it saw is kept per call, in `_probe_period`).
+        self._period = 0
+        self._probe_period: ContextVar[int] = ContextVar(f"resilient.breaker.{config.name}.probe", default=-1)
         self._rate = config.failure_rate
         self._window = _Window(config.window) if self._rate is not None else None
         self._half_open_max = config.half_open_max_calls
@@ -270,6 +275,7 @@ class BreakerRuntime:
             if self._probes >= self._half_open_max:
                 return min(float(self._pb.reset_timeout), 1.0), transition
             self._probes += 1
+            self._probe_period.set(self._period)
             return True, transition
         return False, transition
 
@@ -281,6 +287,8 @@ class BreakerRuntime:
         transition = None
         if probe:
             with self._lock:
+                if self._stale_needs_lock():
+                    return  # its half-open period already ended: that period's outcome stands
                 self._probes -= 1
                 self._storage.increment_success_counter()
                 if self.state is HALF_OPEN and self._storage.success_counter >= self._pb.success_threshold:
@@ -309,7 +317,12 @@ class BreakerRuntime:
         """A call ended without an outcome (cancelled): give its probe slot back."""
         if probe:
             with self._lock:
-                self._probes -= 1
+                if not self._stale_needs_lock():
+                    self._probes -= 1
+
+    def _stale_needs_lock(self) -> bool:
+        """Was the current call's probe admitted in a half-open period that has since ended?"""
+        return self.state is not HALF_OPEN or self._probe_period.get() != self._period
 
     def _record_failure(self, error: BaseException | None, *, probe: bool, label: str) -> None:
         now = CLOCK.monotonic()
@@ -323,8 +336,10 @@ class BreakerRuntime:
 
     def _count_failure_needs_lock(self, probe: bool, now: float) -> _Transition | None:
         if probe:
+            if self._stale_needs_lock():
+                return None
             self._probes -= 1
-            return self._move_needs_lock(OPEN, now) if self.state is HALF_OPEN else None
+            return self._move_needs_lock(OPEN, now)
         if self.state is not CLOSED:
             return None
         self._storage.increment_counter()
@@ -342,6 +357,7 @@ class BreakerRuntime:
     def _move_needs_lock(self, new: str, now: float) -> _Transition:
         """Change state in our mirror, pybreaker's storage and its cached state object."""
         old = self.state
+        self._period += 1
         storage = self._storage
         storage.reset_success_counter()
         if new is OPEN:
