@@ -452,7 +452,7 @@ def test_a_stale_probe_success_does_not_close_the_next_half_open_period() -> Non
     def call(action: str) -> None:
         try:
             results[action] = dependency(action)
-        except Exception as error:  # noqa: BLE001 - recorded for the asserts below
+        except Exception as error:  # recorded for the asserts below
             results[action] = error
 
     with testing.fake_clock() as clock:
