@@ -445,3 +445,15 @@ def test_policy_compiles_once_and_calls_build_no_configs(monkeypatch: pytest.Mon
     for _ in range(5):
         assert fetch() == "ok"
     assert built == []
+
+
+@pytest.mark.parametrize("attribute", ["rate_limit", "timeout", "retry", "breaker", "bulkhead", "fallback", "name"])
+def test_a_policy_is_immutable(attribute: str) -> None:
+    """Assigning or deleting a policy's layer raises instead of changing what describe() shows."""
+    policy = Policy(name="frozen", rate_limit="5/second")
+    before = policy.describe()
+    with pytest.raises(AttributeError, match=r"Policy is immutable.*new Policy"):
+        setattr(policy, attribute, RateLimit("100/minute"))
+    with pytest.raises(AttributeError, match=r"Policy is immutable"):
+        delattr(policy, attribute)
+    assert policy.describe() == before
