@@ -73,11 +73,10 @@ def _as_breaker(value: BreakerOption) -> CircuitBreaker | None:
 
 
 def _named_breaker(name: str) -> CircuitBreaker:
-    """A bare name joins the breaker already defined under it, or defines one with defaults."""
-    from resilient._strategies.breaker_registry import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
+    """A bare name refers to the breaker of that name (a placeholder until it is defined)."""
+    from resilient._strategies.breaker_registry import breaker_reference  # noqa: PLC0415 - registry lookup, not an import cycle
 
-    existing = _REGISTRY.get(name)
-    return existing.config if existing is not None else CircuitBreaker(name=name)
+    return breaker_reference(name)
 
 
 def _as_rate_limit(value: RateLimitOption) -> RateLimit | None:
@@ -111,12 +110,11 @@ class Policy:
     callable receiving the exception. Everything is validated and compiled here, once.
     """
 
-    __slots__ = ("_compiled", "breaker", "bulkhead", "fallback", "name", "rate_limit", "retry", "timeout")
+    __slots__ = ("_compiled", "bulkhead", "fallback", "name", "rate_limit", "retry", "timeout")
 
     name: str | None
     timeout: Timeout | None
     retry: Retry | None
-    breaker: CircuitBreaker | None
     rate_limit: RateLimit | None
     bulkhead: Bulkhead | None
     fallback: Fallback | None
@@ -140,7 +138,6 @@ class Policy:
         init(self, "name", name)
         init(self, "timeout", _as_timeout(timeout))
         init(self, "retry", _as_retry(retry))
-        init(self, "breaker", _as_breaker(breaker))
         init(self, "rate_limit", _as_rate_limit(rate_limit))
         init(self, "bulkhead", _as_bulkhead(bulkhead))
         init(self, "fallback", _as_fallback(fallback))
@@ -150,13 +147,19 @@ class Policy:
             CompiledPolicy(
                 timeout=self.timeout,
                 retry=self.retry,
-                breaker=self.breaker,
+                breaker=_as_breaker(breaker),
                 rate_limit=self.rate_limit,
                 bulkhead=self.bulkhead,
                 fallback=self.fallback,
                 name=name,
             ),
         )
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The breaker in effect: for a bare name, the definition that configured it since."""
+        runtime = self._compiled.breaker
+        return None if runtime is None else runtime.config
 
     def __setattr__(self, name: str, value: object) -> None:
         raise _immutable(name)

@@ -245,6 +245,29 @@ class BreakerRuntime:
             opened = opened.replace(tzinfo=UTC)
         return now - max((datetime.now(UTC) - opened).total_seconds(), 0.0)
 
+    def adopt(self, config: CircuitBreaker) -> None:
+        """Take a full definition's settings in place (a placeholder made by a bare name).
+
+        The object stays the one every policy holds; it becomes what `BreakerRuntime(config)`
+        builds (another class when the definition shares state in Redis, which then wins),
+        keeping an open state (and when it opened) and the consecutive failures counted so far.
+        """
+        with self._lock:
+            state, opened_at, failures = self.state, self._opened_at, self._failures
+        fresh = BreakerRuntime(config)
+        vars(self).clear()
+        vars(self).update(vars(fresh))
+        self.__class__ = type(fresh)
+        if self.shared:
+            return
+        with self._lock:
+            if state is not CLOSED:
+                self._move_needs_lock(OPEN, CLOCK.monotonic())
+                self._opened_at = opened_at
+            elif failures:
+                self._failures = failures
+                self._refresh_reports()
+
     @property
     def pybreaker(self) -> PyBreaker:
         """The pybreaker object holding this breaker's state and listeners."""
