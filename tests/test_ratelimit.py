@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from resilient import Policy, RateLimit, RateLimitedError, Retry, deadline, instrumentation
 from resilient._kernel.clock import CLOCK
+from resilient._strategies.rate_windows import MovingWindow
 from resilient._strategies.ratelimit import ALGORITHMS, Algorithm, LimiterRuntime
 from resilient.testing import FakeClock, fake_clock
 
@@ -444,3 +445,58 @@ def test_state_reports_remaining_calls_without_consuming_them(algorithm: Algorit
         assert limiter.try_acquire("") == 0.0
     assert limiter.state("")[0][0] == 0
     assert limiter.try_acquire("") > 0.0
+
+
+class _CountingWindow(MovingWindow):
+    """A moving window that counts how often the key table's eviction reads its expiry."""
+
+    __slots__ = ("_expires",)
+    reads = 0
+
+    @property
+    def expires(self) -> float:
+        _CountingWindow.reads += 1
+        return self._expires
+
+    @expires.setter
+    def expires(self, value: float) -> None:
+        self._expires = value
+
+
+def _entries_visited_per_new_key(table_size: int, new_keys: int) -> float:
+    """Fill a table of `table_size` keys, then count expiry reads per new key at the full table."""
+    with fake_clock() as clock:
+        limiter = LimiterRuntime(RateLimit("5/minute", key=str, max_keys=table_size))
+        limiter._window_type = _CountingWindow
+        for index in range(table_size):
+            limiter.try_acquire(f"fill-{index}")
+            clock.advance(0.001)
+        # Keys now expire one by one at the pace new ones arrive: the churn that made the
+        # old sweep read the whole table for each new key.
+        clock.advance(60.0 - table_size * 0.001)
+        _CountingWindow.reads = 0
+        for index in range(new_keys):
+            clock.advance(0.001)
+            limiter.try_acquire(f"new-{index}")
+        assert limiter.key_count <= table_size
+        return _CountingWindow.reads / new_keys
+
+
+def test_a_new_key_at_a_full_table_costs_the_same_whatever_its_size() -> None:
+    """Eviction visits a bounded number of entries per new key: 100 or 20,000 keys alike."""
+    small = _entries_visited_per_new_key(100, 2_000)
+    large = _entries_visited_per_new_key(20_000, 2_000)
+    assert large <= 3
+    assert large <= small + 1  # flat in the table size (the old sweep read every entry)
+
+
+def test_a_busy_key_survives_churn_at_a_full_table(clock: FakeClock) -> None:
+    """The least recently used key is evicted: a key in use keeps its state while others churn."""
+    limiter = LimiterRuntime(RateLimit("3/minute", key=str, max_keys=50))
+    for _ in range(3):
+        assert limiter.try_acquire("busy") == 0.0
+    for index in range(1_000):
+        limiter.try_acquire(f"churn-{index}")
+        if index % 10 == 0:
+            assert limiter.try_acquire("busy") > 0  # still limited: its windows were kept
+    assert limiter.key_count == 50

@@ -6,8 +6,9 @@ parsed by `limits`. Shared storages (``redis://``...) go through `limits`' strat
 The in-process default does NOT use `limits.storage.MemoryStorage`: a `hit` there costs
 about 120x a raw function call (3 µs), more than the whole rest of a policy, so the three
 algorithms are implemented in `_rate_windows` (O(1) work per call), run here under one
-lock, and idle keys expire (swept once the key table grows), so per-key state cannot grow
-without bound.
+lock. Keys are kept in least-recently-used order: each new key first drops up to two
+expired keys from the old end, and at `max_keys` evicts the least recently used one, so
+per-key state cannot grow without bound and a new key costs O(1) whatever the churn.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +43,9 @@ ALGORITHMS: tuple[Algorithm, ...] = ("sliding-window", "fixed-window", "moving-w
 # timestamps per key, which is cheap for the few keys a decorator limits.
 DEFAULT_ALGORITHM: Algorithm = "moving-window"
 DEFAULT_MAX_KEYS = 100_000
+# Expired keys dropped from the least recently used end per new key: more than one, so the
+# table drains of idle state faster than new keys fill it.
+_EXPIRED_PER_NEW_KEY = 2
 EVENT_REJECTED = "ratelimit.rejected"
 
 KeyFunction = Callable[..., str]
@@ -121,7 +126,8 @@ class LimiterRuntime:
         self._single = len(self._items) == 1
         self._max_wait = config.max_wait
         self._max_keys = config.max_keys
-        self._keys: dict[str, list[Window]] = {}
+        #: Least recently used first: a hit moves its key to the end (keyed limiters only).
+        self._keys: OrderedDict[str, list[Window]] = OrderedDict()
         self._lock = threading.Lock()
 
     def key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -141,6 +147,8 @@ class LimiterRuntime:
             windows = self._keys.get(key)
             if windows is None:
                 windows = self._new_key_needs_lock(key, now)
+            elif self.keyed:
+                self._keys.move_to_end(key)
             if self._single:
                 wait = windows[0].admit(now)
             else:
@@ -158,20 +166,20 @@ class LimiterRuntime:
         return self.try_acquire(key)
 
     def _new_key_needs_lock(self, key: str, now: float) -> list[Window]:
-        if len(self._keys) >= self._max_keys:
-            self._sweep_needs_lock(now)
+        """Make room (O(1): at most three entries visited), then add the key at the recent end."""
+        keys = self._keys
+        for _ in range(_EXPIRED_PER_NEW_KEY):  # idle state expires as new keys arrive
+            if not keys:
+                break
+            oldest, old_windows = next(iter(keys.items()))
+            if any(window.expires > now for window in old_windows):
+                break
+            del keys[oldest]
+        if len(keys) >= self._max_keys:
+            keys.popitem(last=False)  # full of live keys: the least recently used one goes
         windows = [self._window_type(amount, period) for amount, period in self._items]
-        self._keys[key] = windows
+        keys[key] = windows
         return windows
-
-    def _sweep_needs_lock(self, now: float) -> None:
-        """Drop keys whose windows have all expired; if still full, the oldest half."""
-        expired = [key for key, windows in self._keys.items() if all(w.expires <= now for w in windows)]
-        for key in expired:
-            del self._keys[key]
-        if len(self._keys) >= self._max_keys:
-            for key in list(self._keys)[: len(self._keys) // 2 + 1]:
-                del self._keys[key]
 
     def state(self, key: str) -> list[tuple[int, float]]:
         """(calls still allowed, seconds until reset) per limit item for `key`, read-only.
