@@ -121,6 +121,8 @@ class LimiterRuntime:
         self.config = config
         self._items = [(item.amount, float(item.get_expiry())) for item in limits.parse_many(config.limit)]
         self._window_type = WINDOWS[config.algorithm]
+        #: No wait is longer than the longest period (each window admits within its period).
+        self._longest = max(period for _, period in self._items)
         self._key = config.key
         self.keyed = config.key is not None
         self._single = len(self._items) == 1
@@ -159,7 +161,7 @@ class LimiterRuntime:
         finally:
             lock.release()
         # Round up to the microsecond: float error must never make "wait retry_after" too short.
-        return math.ceil(wait * 1e6) / 1e6 if wait else 0.0
+        return min(math.ceil(wait * 1e6) / 1e6, self._longest) if wait else 0.0
 
     async def atry_acquire(self, key: str) -> float:
         """`try_acquire` for async drivers (in memory it does no I/O, so it is the same)."""
