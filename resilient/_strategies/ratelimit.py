@@ -272,17 +272,21 @@ class SharedLimiterRuntime(LimiterRuntime):
         ids = (*self._ids, key)
         for item in self._limit_items:
             if not strategy.hit(item, *ids):
-                return _retry_after(strategy.get_window_stats(item, *ids).reset_time)
+                return _retry_after(strategy.get_window_stats(item, *ids).reset_time, item.get_expiry())
         return 0.0
 
     async def _ahit(self, strategy: Any, key: str) -> float:
         ids = (*self._ids, key)
         for item in self._limit_items:
             if not await strategy.hit(item, *ids):
-                return _retry_after((await strategy.get_window_stats(item, *ids)).reset_time)
+                return _retry_after((await strategy.get_window_stats(item, *ids)).reset_time, item.get_expiry())
         return 0.0
 
 
-def _retry_after(reset_time: float) -> float:
-    """Seconds until `limits` says the window frees a slot, rounded up to the microsecond."""
-    return math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6
+def _retry_after(reset_time: float, period: float) -> float:
+    """Seconds until `limits` says the window frees a slot, rounded up to the microsecond.
+
+    Never more than the item's period: `limits`' sliding-window counter can report a reset
+    beyond it, and hosts' clocks differ from Redis'.
+    """
+    return min(math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6, float(period))
