@@ -427,3 +427,55 @@ async def test_a_success_ending_after_another_callers_failure_resets_the_count_t
     with pytest.raises(ConnectionError):
         await failing()
     assert testing.breaker_state("dep") == "closed"
+
+
+def test_a_stale_probe_success_does_not_close_the_next_half_open_period() -> None:
+    """A probe admitted in a half-open period that already failed reports into that period only."""
+    stale_inside = threading.Event()
+    release_stale = threading.Event()
+    fresh_inside = threading.Event()
+    release_fresh = threading.Event()
+
+    @resilient(breaker=CircuitBreaker(name="stale", failure_threshold=1, reset_timeout=10, half_open_max_calls=2))
+    def dependency(action: str) -> str:
+        if action == "fail":
+            raise ConnectionError
+        if action == "ok":
+            return action
+        inside, release = (stale_inside, release_stale) if action == "stale" else (fresh_inside, release_fresh)
+        inside.set()
+        assert release.wait(5)
+        return action
+
+    results: dict[str, object] = {}
+
+    def call(action: str) -> None:
+        try:
+            results[action] = dependency(action)
+        except Exception as error:  # recorded for the asserts below
+            results[action] = error
+
+    with testing.fake_clock() as clock:
+        _fail_n(lambda: dependency("fail"), 1)
+        clock.advance(10.0)  # half-open period 1: two probes
+        stale = threading.Thread(target=call, args=("stale",))
+        stale.start()
+        assert stale_inside.wait(5)
+        _fail_n(lambda: dependency("fail"), 1)  # the other probe of period 1 fails: open again
+        assert testing.breaker_state("stale") == "open"
+        clock.advance(10.0)  # half-open period 2
+        fresh = threading.Thread(target=call, args=("fresh",))
+        fresh.start()
+        assert fresh_inside.wait(5)
+        release_stale.set()
+        stale.join(5)
+        assert results["stale"] == "stale"
+        assert testing.breaker_state("stale") == "half-open"  # period 1's probe closed nothing
+        assert dependency("ok") == "ok"  # period 2's second probe slot is still free
+        assert testing.breaker_state("stale") == "closed"
+        release_fresh.set()
+        fresh.join(5)
+    assert results["fresh"] == "fresh"
+    _fail_n(lambda: dependency("fail"), 1)  # probe counts stayed sane: closed, then opens as usual
+    with pytest.raises(CircuitOpenError):
+        dependency("fail")

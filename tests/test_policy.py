@@ -110,6 +110,12 @@ BAD_OPTIONS = [
         id="breaker-rate",
     ),
     pytest.param(
+        build(CircuitBreaker, name="b", failure_rate=0.5, window=5, minimum_calls=10),
+        ValueError,
+        ("breaker.window", ">= breaker.minimum_calls (10)", "5"),
+        id="breaker-window-below-minimum-calls",
+    ),
+    pytest.param(
         build(CircuitBreaker, name="b", reset_timeout=-5),
         ValueError,
         ("breaker.reset_timeout", "> 0", "-5"),
@@ -337,11 +343,55 @@ def test_different_definitions_under_one_name_are_an_error() -> None:
         Policy(breaker=CircuitBreaker(name="inventory", failure_threshold=3))
 
 
-def test_bare_name_first_then_a_different_definition_is_an_error() -> None:
-    """A bare name defines the breaker with defaults; a later different definition conflicts."""
-    Policy(breaker="orders")
-    with pytest.raises(ValueError, match="'orders'"):
-        Policy(breaker=CircuitBreaker(name="orders", failure_threshold=1))
+def test_bare_name_first_then_a_definition_configures_that_breaker() -> None:
+    """A bare name is a reference: a later full definition configures the breaker it joined."""
+    referring = Policy(breaker="orders")
+    defined = Policy(breaker=CircuitBreaker(name="orders", failure_threshold=1, reset_timeout=7.0))
+    assert referring._compiled.breaker is defined._compiled.breaker
+    assert referring.breaker == defined.breaker
+    assert referring.describe()["breaker"].failure_threshold == 1
+
+    @referring
+    def call() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        call()
+    assert testing.breaker_state("orders") == "open"  # one failure: the definition's threshold
+
+
+def test_a_placeholder_keeps_its_state_when_the_definition_arrives() -> None:
+    """Failures counted through a bare name before the definition still count after it."""
+    referring = Policy(breaker="ledger")
+
+    @referring
+    def call() -> None:
+        raise ConnectionError
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            call()
+    Policy(breaker=CircuitBreaker(name="ledger", failure_threshold=3))
+    with pytest.raises(ConnectionError):
+        call()
+    assert testing.breaker_state("ledger") == "open"
+
+
+def test_definition_first_then_a_bare_name_joins_it() -> None:
+    """A bare name after the definition joins it with the definition's settings."""
+    defined = Policy(breaker=CircuitBreaker(name="billing", failure_threshold=4))
+    referring = Policy(breaker="billing")
+    assert referring._compiled.breaker is defined._compiled.breaker
+    assert referring.breaker == CircuitBreaker(name="billing", failure_threshold=4)
+
+
+def test_two_different_full_definitions_conflict_whatever_the_references() -> None:
+    """After a bare name and one definition, a second different definition raises naming both."""
+    Policy(breaker="stock")
+    Policy(breaker=CircuitBreaker(name="stock", failure_threshold=2))
+    with pytest.raises(ValueError, match=r"'stock'.*failure_threshold=2.*failure_threshold=5") as raised:
+        Policy(breaker=CircuitBreaker(name="stock", failure_threshold=5))
+    assert "reference" in str(raised.value)
 
 
 def test_forgotten_breakers_can_be_defined_anew() -> None:
@@ -439,3 +489,15 @@ def test_policy_compiles_once_and_calls_build_no_configs(monkeypatch: pytest.Mon
     for _ in range(5):
         assert fetch() == "ok"
     assert built == []
+
+
+@pytest.mark.parametrize("attribute", ["rate_limit", "timeout", "retry", "breaker", "bulkhead", "fallback", "name"])
+def test_a_policy_is_immutable(attribute: str) -> None:
+    """Assigning or deleting a policy's layer raises instead of changing what describe() shows."""
+    policy = Policy(name="frozen", rate_limit="5/second")
+    before = policy.describe()
+    with pytest.raises(AttributeError, match=r"Policy is immutable.*new Policy"):
+        setattr(policy, attribute, RateLimit("100/minute"))
+    with pytest.raises(AttributeError, match=r"Policy is immutable"):
+        delattr(policy, attribute)
+    assert policy.describe() == before

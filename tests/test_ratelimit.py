@@ -11,12 +11,14 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
+import limits
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient import Policy, RateLimit, RateLimitedError, Retry, deadline, instrumentation
 from resilient._kernel.clock import CLOCK
+from resilient._strategies.rate_windows import MovingWindow
 from resilient._strategies.ratelimit import ALGORITHMS, Algorithm, LimiterRuntime
 from resilient.testing import FakeClock, fake_clock
 
@@ -359,37 +361,48 @@ def test_fixed_window_never_exceeds_limit_in_a_window(case: tuple[int, str, int,
 @SETTINGS
 @given(arrivals())
 def test_sliding_window_guarantees(case: tuple[int, str, int, list[float]]) -> None:
-    """Sliding window (a weighted two-window counter): what it guarantees, and no more.
+    """Sliding window (a two-window counter): what it guarantees, and no more.
 
     - each window aligned to multiples of the period admits at most `amount` calls;
-    - at every admission, previous-window count x (1 - elapsed fraction) + current count <= amount;
-    - therefore any sliding window of one period holds fewer than 2 x `amount` calls (an
-      approximation: unlike the moving window it may exceed `amount` across an edge).
+    - at every admission, previous-window count x (share of the span from that window's
+      start to its last admission still within one period) + current count <= amount;
+    - a steady `amount` calls per period, one period apart, are all admitted (the classic
+      weighted counter rejected every other call of a steady "1/minute");
+    - any sliding window of one period holds at most 2 x `amount` calls (an approximation:
+      unlike the moving window it may exceed `amount` across an edge).
     """
     amount, limit, period, times = case
     admitted, _ = run_limiter("sliding-window", limit, times)
-    per_window: dict[int, int] = {}
+    per_window: dict[int, list[float]] = {}
     for now in admitted:
         window = int(now // period)
-        per_window[window] = per_window.get(window, 0) + 1
-        fraction = (now - window * period) / period
-        estimate = per_window.get(window - 1, 0) * (1.0 - fraction) + per_window[window]
-        assert estimate <= amount + 1e-9
-    assert max(per_window.values()) <= amount
+        before = per_window.get(window - 1, [])
+        share = 0.0
+        if before and before[-1] > now - period:
+            span = before[-1] - (window - 1) * period
+            share = 1.0 if span <= 0 else min((before[-1] - (now - period)) / span, 1.0)
+        per_window.setdefault(window, []).append(now)
+        assert len(before) * share + len(per_window[window]) <= amount + 1e-9
+    assert max(len(calls) for calls in per_window.values()) <= amount
     for end in admitted:
-        assert sum(1 for t in admitted if end - period < t <= end) < 2 * amount
+        assert sum(1 for t in admitted if end - period < t <= end) <= 2 * amount
+
+
+def test_sliding_window_admits_a_steady_one_per_period() -> None:
+    """A steady "1/minute", one call a minute off the window edges, is always admitted."""
+    admitted, rejected = run_limiter("sliding-window", "1/minute", [START + 20.0 + 60.0 * n for n in range(10)])
+    assert (len(admitted), rejected) == (10, [])
 
 
 @SETTINGS
 @given(arrivals(), st.sampled_from(ALGORITHMS))
-def test_retry_after_is_positive_and_within_two_periods(
+def test_retry_after_is_positive_and_within_the_period(
     case: tuple[int, str, int, list[float]], algorithm: Algorithm
 ) -> None:
-    """Every rejection carries 0 < retry_after <= period (2 periods for the sliding window)."""
+    """Every rejection carries 0 < retry_after <= period, whatever the algorithm."""
     _, limit, period, times = case
     _, retry_afters = run_limiter(algorithm, limit, times)
-    bound = 2 * period if algorithm == "sliding-window" else period
-    assert all(0 < wait <= bound for wait in retry_afters)
+    assert all(0 < wait <= period for wait in retry_afters)
 
 
 @st.composite
@@ -444,3 +457,102 @@ def test_state_reports_remaining_calls_without_consuming_them(algorithm: Algorit
         assert limiter.try_acquire("") == 0.0
     assert limiter.state("")[0][0] == 0
     assert limiter.try_acquire("") > 0.0
+
+
+class _CountingWindow(MovingWindow):
+    """A moving window that counts how often the key table's eviction reads its expiry."""
+
+    __slots__ = ("_expires",)
+    reads = 0
+
+    @property
+    def expires(self) -> float:
+        _CountingWindow.reads += 1
+        return self._expires
+
+    @expires.setter
+    def expires(self, value: float) -> None:
+        self._expires = value
+
+
+def _entries_visited_per_new_key(table_size: int, new_keys: int) -> float:
+    """Fill a table of `table_size` keys, then count expiry reads per new key at the full table."""
+    with fake_clock() as clock:
+        limiter = LimiterRuntime(RateLimit("5/minute", key=str, max_keys=table_size))
+        limiter._window_type = _CountingWindow
+        for index in range(table_size):
+            limiter.try_acquire(f"fill-{index}")
+            clock.advance(0.001)
+        # Keys now expire one by one at the pace new ones arrive: the churn that made the
+        # old sweep read the whole table for each new key.
+        clock.advance(60.0 - table_size * 0.001)
+        _CountingWindow.reads = 0
+        for index in range(new_keys):
+            clock.advance(0.001)
+            limiter.try_acquire(f"new-{index}")
+        assert limiter.key_count <= table_size
+        return _CountingWindow.reads / new_keys
+
+
+def test_a_new_key_at_a_full_table_costs_the_same_whatever_its_size() -> None:
+    """Eviction visits a bounded number of entries per new key: 100 or 20,000 keys alike."""
+    small = _entries_visited_per_new_key(100, 2_000)
+    large = _entries_visited_per_new_key(20_000, 2_000)
+    assert large <= 3
+    assert large <= small + 1  # flat in the table size (the old sweep read every entry)
+
+
+def test_a_busy_key_survives_churn_at_a_full_table(clock: FakeClock) -> None:
+    """The least recently used key is evicted: a key in use keeps its state while others churn."""
+    limiter = LimiterRuntime(RateLimit("3/minute", key=str, max_keys=50))
+    for _ in range(3):
+        assert limiter.try_acquire("busy") == 0.0
+    for index in range(1_000):
+        limiter.try_acquire(f"churn-{index}")
+        if index % 10 == 0:
+            assert limiter.try_acquire("busy") > 0  # still limited: its windows were kept
+    assert limiter.key_count == 50
+
+
+@st.composite
+def limits_and_calls(draw: st.DrawFn) -> tuple[str, float, list[float]]:
+    """(limit string, its longest period, arbitrary float call instants, bursts included)."""
+    amounts = draw(st.lists(st.integers(1, 50), min_size=1, max_size=2))
+    units = draw(st.lists(st.sampled_from(["second", "minute", "hour"]), min_size=len(amounts), max_size=len(amounts)))
+    longest = max({"second": 1.0, "minute": 60.0, "hour": 3600.0}[unit] for unit in units)
+    gaps = draw(st.lists(st.floats(0.0, longest / 4, allow_nan=False), min_size=1, max_size=120))
+    times, now = [], 5_000.0 + draw(st.floats(0.0, longest, allow_nan=False))
+    for gap in gaps:
+        now += gap
+        times.append(now)
+    return ";".join(f"{a}/{u}" for a, u in zip(amounts, units, strict=True)), longest, times
+
+
+@SETTINGS
+@given(limits_and_calls(), st.sampled_from(ALGORITHMS))
+def test_retry_after_never_exceeds_the_window(case: tuple[str, float, list[float]], algorithm: Algorithm) -> None:
+    """Over arbitrary limits and call patterns, every rejection says 0 < retry_after <= the window."""
+    limit, longest, times = case
+    _, retry_afters = run_limiter(algorithm, limit, times)
+    assert all(0 < wait <= longest for wait in retry_afters)
+    if ";" not in limit:
+        assert all(wait <= float(limits.parse(limit).get_expiry()) for wait in retry_afters)
+
+
+def test_the_middleware_and_the_decorator_share_one_default_and_retry_after_fits_the_window() -> None:
+    """The middleware limits with RateLimit's default algorithm; a 429 for 3/minute says at most 60 s."""
+    from resilient._edge.core import Limiter, rate_limit_headers  # noqa: PLC0415 - the middleware's limiter
+    from resilient._edge.options import EdgeOptions  # noqa: PLC0415
+
+    default = EdgeOptions().rate_limit_algorithm
+    assert default == RateLimit("3/minute").algorithm
+    with fake_clock(start=6_000.0 + 1.0) as clock:  # one second into an aligned minute
+        limiter = Limiter("3/minute", default, "memory://", "default")
+        for _ in range(3):
+            assert limiter.hit("client", want_state=False) is None
+            clock.advance(0.5)
+        decision = limiter.hit("client", want_state=False)
+    assert decision is not None
+    assert not decision.admitted
+    assert 0 < decision.reset_after <= 60.0
+    assert 1 <= int(dict(rate_limit_headers(decision, b"default", legacy=True))[b"retry-after"]) <= 60

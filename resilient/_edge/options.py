@@ -18,6 +18,7 @@ import limits
 
 from resilient._kernel.validate import check_int, check_seconds
 from resilient._storage.config import check_storage
+from resilient._strategies.ratelimit import DEFAULT_ALGORITHM as RATE_LIMIT_DEFAULT_ALGORITHM
 
 __all__ = [
     "UNSET",
@@ -30,7 +31,7 @@ __all__ = [
 # --- defaults and rules ------------------------------------------------------------------
 
 DEFAULT_REQUEST_ID_HEADER: Final = "X-Request-ID"
-DEFAULT_ALGORITHM: Final = "sliding-window"
+DEFAULT_ALGORITHM: Final = RATE_LIMIT_DEFAULT_ALGORITHM  # one default: the decorator's (RateLimit's)
 DEFAULT_STORAGE: Final = "memory://"
 
 Algorithm = Literal["fixed-window", "sliding-window", "moving-window"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import FrozenInstanceError
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
@@ -72,11 +73,10 @@ def _as_breaker(value: BreakerOption) -> CircuitBreaker | None:
 
 
 def _named_breaker(name: str) -> CircuitBreaker:
-    """A bare name joins the breaker already defined under it, or defines one with defaults."""
-    from resilient._strategies.breaker_registry import _REGISTRY  # noqa: PLC0415 - registry lookup, not an import cycle
+    """A bare name refers to the breaker of that name (a placeholder until it is defined)."""
+    from resilient._strategies.breaker_registry import breaker_reference  # noqa: PLC0415 - registry lookup, not an import cycle
 
-    existing = _REGISTRY.get(name)
-    return existing.config if existing is not None else CircuitBreaker(name=name)
+    return breaker_reference(name)
 
 
 def _as_rate_limit(value: RateLimitOption) -> RateLimit | None:
@@ -110,7 +110,15 @@ class Policy:
     callable receiving the exception. Everything is validated and compiled here, once.
     """
 
-    __slots__ = ("_compiled", "breaker", "bulkhead", "fallback", "name", "rate_limit", "retry", "timeout")
+    __slots__ = ("_compiled", "bulkhead", "fallback", "name", "rate_limit", "retry", "timeout")
+
+    name: str | None
+    timeout: Timeout | None
+    retry: Retry | None
+    rate_limit: RateLimit | None
+    bulkhead: Bulkhead | None
+    fallback: Fallback | None
+    _compiled: CompiledPolicy
 
     def __init__(
         self,
@@ -125,22 +133,39 @@ class Policy:
     ) -> None:
         if name is not None:
             check_name("name", name)
-        self.name = name
-        self.timeout = _as_timeout(timeout)
-        self.retry = _as_retry(retry)
-        self.breaker = _as_breaker(breaker)
-        self.rate_limit = _as_rate_limit(rate_limit)
-        self.bulkhead = _as_bulkhead(bulkhead)
-        self.fallback = _as_fallback(fallback)
-        self._compiled = CompiledPolicy(
-            timeout=self.timeout,
-            retry=self.retry,
-            breaker=self.breaker,
-            rate_limit=self.rate_limit,
-            bulkhead=self.bulkhead,
-            fallback=self.fallback,
-            name=name,
+        # A policy is compiled once and immutable: the layers are set here and never again.
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "timeout", _as_timeout(timeout))
+        init(self, "retry", _as_retry(retry))
+        init(self, "rate_limit", _as_rate_limit(rate_limit))
+        init(self, "bulkhead", _as_bulkhead(bulkhead))
+        init(self, "fallback", _as_fallback(fallback))
+        init(
+            self,
+            "_compiled",
+            CompiledPolicy(
+                timeout=self.timeout,
+                retry=self.retry,
+                breaker=_as_breaker(breaker),
+                rate_limit=self.rate_limit,
+                bulkhead=self.bulkhead,
+                fallback=self.fallback,
+                name=name,
+            ),
         )
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The breaker in effect: for a bare name, the definition that configured it since."""
+        runtime = self._compiled.breaker
+        return None if runtime is None else runtime.config
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise _immutable(name)
+
+    def __delattr__(self, name: str) -> None:
+        raise _immutable(name)
 
     def __repr__(self) -> str:
         return "Policy(" + ", ".join(f"{name}={value!r}" for name, value in self.describe().items()) + ")"
@@ -178,6 +203,15 @@ class Policy:
 
 
 Policy.__module__ = "resilient"
+
+
+def _immutable(name: str) -> FrozenInstanceError:
+    """The error for changing a policy after construction (it was compiled with its layers)."""
+    return FrozenInstanceError(
+        f"Policy is immutable: {name!r} cannot be assigned or deleted (the policy was compiled when it "
+        "was built, so a change would show in describe() and do nothing); build a new Policy instead, "
+        "e.g. Policy(**{**policy.describe(), " + repr(name) + ": new_value})"
+    )
 
 
 def _label(fn: Callable[..., Any]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +105,14 @@ class CircuitBreaker:
             check_ratio("breaker.failure_rate", self.failure_rate, allow_zero=False)
         check_int("breaker.window", self.window, minimum=1)
         check_int("breaker.minimum_calls", self.minimum_calls, minimum=1)
+        if self.window < self.minimum_calls:
+            # The window counts calls (the last `window` outcomes), so it never holds more
+            # than `window` of them: below `minimum_calls` the rate would never be judged.
+            raise ValueError(
+                f"breaker.window must be >= breaker.minimum_calls ({self.minimum_calls}): the window holds "
+                f"the last `window` calls and the rate is judged only once `minimum_calls` were seen, "
+                f"got {self.window!r}"
+            )
         if self.slow_call_duration is not None:
             object.__setattr__(
                 self, "slow_call_duration", check_seconds("breaker.slow_call_duration", self.slow_call_duration)
@@ -195,6 +204,10 @@ class BreakerRuntime:
         self._storage = self._pb._state_storage
         self._lock = threading.Lock()
         self._probes = 0
+        #: Bumped by every transition: a probe reports only into the half-open period that
+        #: admitted it (the period it saw is kept per call, in `_probe_period`).
+        self._period = 0
+        self._probe_period: ContextVar[int] = ContextVar(f"resilient.breaker.{config.name}.probe", default=-1)
         self._rate = config.failure_rate
         self._window = _Window(config.window) if self._rate is not None else None
         self._half_open_max = config.half_open_max_calls
@@ -227,6 +240,28 @@ class BreakerRuntime:
             opened = opened.replace(tzinfo=UTC)
         return now - max((datetime.now(UTC) - opened).total_seconds(), 0.0)
 
+    def adopt(self, fresh: BreakerRuntime) -> None:
+        """Take a full definition's runtime in place (a placeholder made by a bare name).
+
+        The object stays the one every policy holds; it becomes `fresh`, built by the registry
+        for the definition (another class when it shares state in Redis, which then wins),
+        keeping an open state (and when it opened) and the consecutive failures counted so far.
+        """
+        with self._lock:
+            state, opened_at, failures = self.state, self._opened_at, self._failures
+        vars(self).clear()
+        vars(self).update(vars(fresh))
+        self.__class__ = type(fresh)
+        if self.shared:
+            return
+        with self._lock:
+            if state is not CLOSED:
+                self._move_needs_lock(OPEN, CLOCK.monotonic())
+                self._opened_at = opened_at
+            elif failures:
+                self._failures = failures
+                self._refresh_reports()
+
     @property
     def pybreaker(self) -> PyBreaker:
         """The pybreaker object holding this breaker's state and listeners."""
@@ -257,6 +292,7 @@ class BreakerRuntime:
             if self._probes >= self._half_open_max:
                 return min(float(self._pb.reset_timeout), 1.0), transition
             self._probes += 1
+            self._probe_period.set(self._period)
             return True, transition
         return False, transition
 
@@ -268,6 +304,8 @@ class BreakerRuntime:
         transition = None
         if probe:
             with self._lock:
+                if self._stale_needs_lock():
+                    return  # its half-open period already ended: that period's outcome stands
                 self._probes -= 1
                 self._storage.increment_success_counter()
                 if self.state is HALF_OPEN and self._storage.success_counter >= self._pb.success_threshold:
@@ -296,7 +334,12 @@ class BreakerRuntime:
         """A call ended without an outcome (cancelled): give its probe slot back."""
         if probe:
             with self._lock:
-                self._probes -= 1
+                if not self._stale_needs_lock():
+                    self._probes -= 1
+
+    def _stale_needs_lock(self) -> bool:
+        """Was the current call's probe admitted in a half-open period that has since ended?"""
+        return self.state is not HALF_OPEN or self._probe_period.get() != self._period
 
     def _record_failure(self, error: BaseException | None, *, probe: bool, label: str) -> None:
         now = CLOCK.monotonic()
@@ -310,8 +353,10 @@ class BreakerRuntime:
 
     def _count_failure_needs_lock(self, probe: bool, now: float) -> _Transition | None:
         if probe:
+            if self._stale_needs_lock():
+                return None
             self._probes -= 1
-            return self._move_needs_lock(OPEN, now) if self.state is HALF_OPEN else None
+            return self._move_needs_lock(OPEN, now)
         if self.state is not CLOSED:
             return None
         self._storage.increment_counter()
@@ -329,6 +374,7 @@ class BreakerRuntime:
     def _move_needs_lock(self, new: str, now: float) -> _Transition:
         """Change state in our mirror, pybreaker's storage and its cached state object."""
         old = self.state
+        self._period += 1
         storage = self._storage
         storage.reset_success_counter()
         if new is OPEN:

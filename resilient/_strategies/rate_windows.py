@@ -2,13 +2,14 @@
 
 `LimiterRuntime` (`_ratelimit`) keeps one window per limit item and key, under its lock;
 the windows themselves do no locking. Each answers `admit(now)` with 0.0 (admitted) or
-the seconds until a slot may free up, with O(1) work (amortised, for the moving window).
+the seconds until a slot may free up, with O(1) work (the moving window's `state` is O(log amount)).
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
+from bisect import bisect_right
 
 __all__ = ["WINDOWS", "FixedWindow", "MovingWindow", "SlidingWindow", "Window"]
 
@@ -70,23 +71,40 @@ class FixedWindow(Window):
 
 
 class SlidingWindow(Window):
-    """Weighted two-window counter: previous window's count decays linearly."""
+    """Two-window counter: O(1) memory, an estimate of the calls in the last period.
 
-    __slots__ = ("_current", "_previous", "_start")
+    The previous aligned window's count is taken as spread evenly between that window's
+    start and its last admitted call (not its end, as the classic weighted counter does): a
+    call older than one period never counts, so a rejected caller is admitted within one
+    period (the classic estimate made a steady ``"1/minute"`` wait up to two minutes).
+    """
+
+    __slots__ = ("_current", "_last", "_previous", "_previous_last", "_start")
 
     def __init__(self, amount: int, period: float) -> None:
         super().__init__(amount, period)
         self._start = 0.0
         self._current = 0
         self._previous = 0
+        self._last = 0.0  # the last admission in the current window
+        self._previous_last = 0.0  # ... and in the previous one
+
+    def _weight(self, now: float, start: float, last: float) -> float:
+        """Share of the previous window's calls (between `start` - period and `last`) still within a period."""
+        horizon = now - self._period
+        if last <= horizon:
+            return 0.0
+        span = last - (start - self._period)
+        return 1.0 if span <= 0 else min((last - horizon) / span, 1.0)
 
     def state(self, now: float) -> tuple[int, float]:
-        start, previous, current = self._start, self._previous, self._current
+        start, previous, current, last = self._start, self._previous, self._current, self._previous_last
         elapsed = now - start
         if elapsed >= self._period:
             windows = int(elapsed // self._period)
-            previous, current, start = (current if windows == 1 else 0), 0, start + windows * self._period
-        used = previous * (1.0 - (now - start) / self._period) + current
+            previous, last = (current, self._last) if windows == 1 else (0, 0.0)
+            current, start = 0, start + windows * self._period
+        used = previous * self._weight(now, start, last) + current if previous else current
         return max(self._amount - math.ceil(used), 0), start + self._period - now
 
     def _roll(self, now: float) -> None:
@@ -94,25 +112,35 @@ class SlidingWindow(Window):
         if elapsed < self._period:
             return
         windows = int(elapsed // self._period)
-        self._previous = self._current if windows == 1 else 0
+        if windows == 1:
+            self._previous, self._previous_last = self._current, self._last
+        else:
+            self._previous = 0
         self._current = 0
         self._start += windows * self._period
 
+    def _used(self, now: float) -> float:
+        previous = self._previous
+        return previous * self._weight(now, self._start, self._previous_last) if previous else 0.0
+
     def check(self, now: float) -> float:
         self._roll(now)
-        fraction = (now - self._start) / self._period
-        if self._previous * (1.0 - fraction) + self._current + 1 <= self._amount:
+        amount, period, current = self._amount, self._period, self._current
+        if self._used(now) + current + 1 <= amount:
             return 0.0
-        if self._current + 1 > self._amount:
-            # Wait for the next window, then for the previous count to decay enough.
-            next_start = self._start + self._period
-            need = 1.0 - (self._amount - 1) / self._current if self._current else 0.0
-            return max(next_start + max(need, 0.0) * self._period - now, 1e-6)
-        need = 1.0 - (self._amount - self._current - 1) / self._previous
-        return max(self._start + need * self._period - now, 1e-6)
+        if current + 1 > amount:
+            # Wait for the next window, then for this window's calls to age enough.
+            share = (amount - 1) / current
+            at = max(self._start + period, self._last + period - share * (self._last - self._start))
+        else:
+            share = (amount - current - 1) / self._previous
+            last = self._previous_last
+            at = last + period - share * (last - (self._start - period))
+        return min(max(at - now, 1e-6), period)
 
-    def commit(self, now: float) -> None:  # noqa: ARG002 - same signature as the other windows
+    def commit(self, now: float) -> None:
         self._current += 1
+        self._last = now
         self.expires = self._start + 2 * self._period
 
     def admit(self, now: float) -> float:
@@ -120,52 +148,71 @@ class SlidingWindow(Window):
         if now - self._start >= self._period:
             self._roll(now)
         current = self._current
-        if self._previous * (1.0 - (now - self._start) / self._period) + current + 1 <= self._amount:
+        if self._used(now) + current + 1 <= self._amount:
             self._current = current + 1
+            self._last = now
             self.expires = self._start + 2 * self._period
             return 0.0
         return self.check(now)
 
 
 class MovingWindow(Window):
-    """Exact: the timestamps of admitted calls within the last period."""
+    """Exact: the last `amount` admissions, in a ring of 8-byte timestamps.
 
-    __slots__ = ("_times",)
+    A call is admitted iff the `amount`-th most recent admission is older than one period,
+    so a ring of the last `amount` timestamps decides it in O(1) (not amortised: nothing is
+    popped). The ring grows only with admissions (a key seen once holds one timestamp).
+    """
+
+    __slots__ = ("_next", "_times")
 
     def __init__(self, amount: int, period: float) -> None:
         super().__init__(amount, period)
-        self._times: deque[float] = deque()
+        self._times = array("d")
+        self._next = 0  # once the ring is full: the index of the oldest timestamp
 
     def check(self, now: float) -> float:
         times = self._times
-        horizon = now - self._period
-        while times and times[0] <= horizon:
-            times.popleft()
         if len(times) < self._amount:
             return 0.0
-        return times[0] + self._period - now
+        oldest = times[self._next]
+        return 0.0 if oldest <= now - self._period else oldest + self._period - now
 
     def commit(self, now: float) -> None:
-        self._times.append(now)
+        times = self._times
+        if len(times) < self._amount:
+            times.append(now)
+        else:
+            times[self._next] = now
+            self._next = (self._next + 1) % self._amount
         self.expires = now + self._period
 
     def admit(self, now: float) -> float:
         # check() and commit() fused: the default algorithm's single-limit case is one call.
         times = self._times
         period = self._period
-        horizon = now - period
-        while times and times[0] <= horizon:
-            times.popleft()
         if len(times) < self._amount:
             times.append(now)
-            self.expires = now + period
-            return 0.0
-        return times[0] + period - now
+        else:
+            index = self._next
+            oldest = times[index]
+            if oldest > now - period:
+                return oldest + period - now
+            times[index] = now
+            self._next = (index + 1) % self._amount
+        self.expires = now + period
+        return 0.0
 
     def state(self, now: float) -> tuple[int, float]:
-        horizon = now - self._period
-        live = [stamp for stamp in self._times if stamp > horizon]
-        return max(self._amount - len(live), 0), (live[0] + self._period - now) if live else 0.0
+        times, split, horizon = self._times, self._next, now - self._period
+        # Oldest first: times[split:] then times[:split], each sorted (the clock is monotonic).
+        older = len(times) - bisect_right(times, horizon, split)
+        newer = split - bisect_right(times, horizon, 0, split)
+        live = older + newer
+        if not live:
+            return self._amount, 0.0
+        first = times[len(times) - older] if older else times[split - newer]
+        return max(self._amount - live, 0), first + self._period - now
 
 
 WINDOWS: dict[str, type[Window]] = {

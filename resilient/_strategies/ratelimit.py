@@ -6,8 +6,9 @@ parsed by `limits`. Shared storages (``redis://``...) go through `limits`' strat
 The in-process default does NOT use `limits.storage.MemoryStorage`: a `hit` there costs
 about 120x a raw function call (3 µs), more than the whole rest of a policy, so the three
 algorithms are implemented in `_rate_windows` (O(1) work per call), run here under one
-lock, and idle keys expire (swept once the key table grows), so per-key state cannot grow
-without bound.
+lock. Keys are kept in least-recently-used order: each new key first drops up to two
+expired keys from the old end, and at `max_keys` evicts the least recently used one, so
+per-key state cannot grow without bound and a new key costs O(1) whatever the churn.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -48,6 +50,9 @@ ALGORITHMS: tuple[Algorithm, ...] = ("sliding-window", "fixed-window", "moving-w
 # timestamps per key, which is cheap for the few keys a decorator limits.
 DEFAULT_ALGORITHM: Algorithm = "moving-window"
 DEFAULT_MAX_KEYS = 100_000
+# Expired keys dropped from the least recently used end per new key: more than one, so the
+# table drains of idle state faster than new keys fill it.
+_EXPIRED_PER_NEW_KEY = 2
 EVENT_REJECTED = "ratelimit.rejected"
 
 KeyFunction = Callable[..., str]
@@ -123,12 +128,15 @@ class LimiterRuntime:
         self.config = config
         self._items = [(item.amount, float(item.get_expiry())) for item in limits.parse_many(config.limit)]
         self._window_type = WINDOWS[config.algorithm]
+        #: No wait is longer than the longest period (each window admits within its period).
+        self._longest = max(period for _, period in self._items)
         self._key = config.key
         self.keyed = config.key is not None
         self._single = len(self._items) == 1
         self._max_wait = config.max_wait
         self._max_keys = config.max_keys
-        self._keys: dict[str, list[Window]] = {}
+        #: Least recently used first: a hit moves its key to the end (keyed limiters only).
+        self._keys: OrderedDict[str, list[Window]] = OrderedDict()
         self._lock = threading.Lock()
 
     def key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -148,6 +156,8 @@ class LimiterRuntime:
             windows = self._keys.get(key)
             if windows is None:
                 windows = self._new_key_needs_lock(key, now)
+            elif self.keyed:
+                self._keys.move_to_end(key)
             if self._single:
                 wait = windows[0].admit(now)
             else:
@@ -158,27 +168,27 @@ class LimiterRuntime:
         finally:
             lock.release()
         # Round up to the microsecond: float error must never make "wait retry_after" too short.
-        return math.ceil(wait * 1e6) / 1e6 if wait else 0.0
+        return min(math.ceil(wait * 1e6) / 1e6, self._longest) if wait else 0.0
 
     async def atry_acquire(self, key: str) -> float:
         """`try_acquire` for async drivers (in memory it does no I/O, so it is the same)."""
         return self.try_acquire(key)
 
     def _new_key_needs_lock(self, key: str, now: float) -> list[Window]:
-        if len(self._keys) >= self._max_keys:
-            self._sweep_needs_lock(now)
+        """Make room (O(1): at most three entries visited), then add the key at the recent end."""
+        keys = self._keys
+        for _ in range(_EXPIRED_PER_NEW_KEY):  # idle state expires as new keys arrive
+            if not keys:
+                break
+            oldest, old_windows = next(iter(keys.items()))
+            if any(window.expires > now for window in old_windows):
+                break
+            del keys[oldest]
+        if len(keys) >= self._max_keys:
+            keys.popitem(last=False)  # full of live keys: the least recently used one goes
         windows = [self._window_type(amount, period) for amount, period in self._items]
-        self._keys[key] = windows
+        keys[key] = windows
         return windows
-
-    def _sweep_needs_lock(self, now: float) -> None:
-        """Drop keys whose windows have all expired; if still full, the oldest half."""
-        expired = [key for key, windows in self._keys.items() if all(w.expires <= now for w in windows)]
-        for key in expired:
-            del self._keys[key]
-        if len(self._keys) >= self._max_keys:
-            for key in list(self._keys)[: len(self._keys) // 2 + 1]:
-                del self._keys[key]
 
     def state(self, key: str) -> list[tuple[int, float]]:
         """(calls still allowed, seconds until reset) per limit item for `key`, read-only.
@@ -269,20 +279,24 @@ class SharedLimiterRuntime(LimiterRuntime):
         ids = (*self._ids, key)
         for item in self._limit_items:
             if not strategy.hit(item, *ids):
-                return _retry_after(strategy.get_window_stats(item, *ids).reset_time)
+                return _retry_after(strategy.get_window_stats(item, *ids).reset_time, item.get_expiry())
         return 0.0
 
     async def _ahit(self, strategy: Any, key: str) -> float:
         ids = (*self._ids, key)
         for item in self._limit_items:
             if not await strategy.hit(item, *ids):
-                return _retry_after((await strategy.get_window_stats(item, *ids)).reset_time)
+                return _retry_after((await strategy.get_window_stats(item, *ids)).reset_time, item.get_expiry())
         return 0.0
 
 
-def _retry_after(reset_time: float) -> float:
-    """Seconds until `limits` says the window frees a slot, rounded up to the microsecond."""
-    return math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6
+def _retry_after(reset_time: float, period: float) -> float:
+    """Seconds until `limits` says the window frees a slot, rounded up to the microsecond.
+
+    Never more than the item's period: `limits`' sliding-window counter can report a reset
+    beyond it, and hosts' clocks differ from Redis'.
+    """
+    return min(math.ceil(max(reset_time - time.time(), _MIN_RETRY_AFTER) * 1e6) / 1e6, float(period))
 
 
 # ---------------------------------------------------------------- the layer: rate limit
