@@ -273,6 +273,19 @@ def test_sync_thread_mode_failures_leave_no_reference_cycle() -> None:
     assert cyclic_garbage(failing) == []
 
 
+def test_sync_thread_mode_keeps_the_functions_own_timeout_error() -> None:
+    """A TimeoutError the function raises itself (a socket timeout) reaches the caller as it is, not as the deadline."""
+    own = TimeoutError("read timed out")
+
+    @resilient(timeout=Timeout(total=5.0, sync_mode="thread"))
+    def call() -> None:
+        raise own
+
+    with pytest.raises(TimeoutError) as raised:
+        call()
+    assert raised.value is own
+
+
 def test_nested_calls_clamp_to_the_outer_deadline() -> None:
     """A nested policy with a longer timeout sees the outer, shorter deadline."""
     seen: list[float | None] = []

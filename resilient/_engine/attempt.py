@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import DeadlineExceededError
 from resilient._strategies.breaker import CLOSED
-from resilient._strategies.timeout import EVENT_EXCEEDED, watchdog_for
+from resilient._strategies.timeout import EVENT_EXCEEDED, AttemptAbandoned, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
@@ -205,7 +204,7 @@ def bounded_sync(cp: CompiledPolicy, label: str, fn: Callable[..., Any], args: A
             raise _exceeded(cp, label, deadline, end, now)
         try:
             return cp.runner.run(partial(fn, *args, **kwargs), remaining)
-        except FutureTimeout:
+        except AttemptAbandoned:  # the function's own TimeoutError passes through
             raise _exceeded(cp, label, deadline, end, now) from None
     finally:
         if token is not None:

@@ -20,7 +20,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import timedelta
 
-__all__ = ["EVENT_EXCEEDED", "ThreadRunner", "Timeout"]
+__all__ = ["EVENT_EXCEEDED", "AttemptAbandoned", "ThreadRunner", "Timeout"]
 
 T = TypeVar("T")
 
@@ -71,6 +70,10 @@ class Timeout:
 Timeout.__module__ = "resilient"
 
 
+class AttemptAbandoned(Exception):  # noqa: N818 - not an error of the call: the caller stopped waiting
+    """`ThreadRunner.run` gave up waiting. Not a `TimeoutError`, so one the function raises keeps its identity."""
+
+
 class ThreadRunner:
     """A bounded pool of daemon threads that runs sync attempts under a time limit.
 
@@ -104,7 +107,7 @@ class ThreadRunner:
         return len(self._queue)
 
     def run(self, fn: Callable[[], T], timeout: float) -> T:
-        """Run `fn` in a worker with the caller's context; raise FutureTimeout past `timeout`."""
+        """Run `fn` in a worker with the caller's context; raise `AttemptAbandoned` past `timeout`."""
         job = _Job(fn, contextvars.copy_context())
         self._submit(job)
         try:
@@ -113,7 +116,7 @@ class ThreadRunner:
             self._abandon(job)
             raise
         if not finished and self._abandon(job):
-            raise FutureTimeout
+            raise AttemptAbandoned
         return job.outcome()  # type: ignore[no-any-return]
 
     def _submit(self, job: _Job) -> None:
