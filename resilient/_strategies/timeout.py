@@ -7,7 +7,8 @@ variable so nested `@resilient` calls, `resilient.httpx` transports and your own
 backoff sleeps past it. Sync "thread" mode runs each attempt in a bounded pool of daemon
 worker threads and returns at the deadline; the abandoned attempt runs on to completion
 in its thread (Python cannot kill a thread), and at most `max_threads` such threads
-exist per policy, so a permanently hung dependency holds at most that many threads.
+exist per policy, so a permanently hung dependency holds at most that many threads; an
+attempt still queued when its caller gives up leaves the queue and never runs.
 """
 
 from __future__ import annotations
