@@ -114,7 +114,8 @@ class ThreadRunner:
         try:
             finished = job.finished.acquire(timeout=max(timeout, 0.0))
         except BaseException:  # interrupted while waiting (KeyboardInterrupt): the caller left
-            self._abandon(job)
+            if not self._abandon(job) and self.on_late is not None:  # done meanwhile: nobody reads it
+                _discard(self.on_late, job.error if job.error is not None else job.result)
             raise
         if not finished and self._abandon(job):
             raise AttemptAbandoned
