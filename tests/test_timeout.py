@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -12,6 +14,7 @@ from resilient import DeadlineExceededError, Policy, Retry, Timeout, deadline, r
 from resilient.instrumentation import Event
 
 from ._scripts import quick
+from .test_no_cyclic_garbage import cyclic_garbage
 
 
 async def test_async_total_timeout_cancels_the_call(events: list[Event]) -> None:
@@ -154,6 +157,133 @@ def test_sync_thread_mode_bounds_abandoned_threads() -> None:
     assert policy._compiled.runner is not None
     assert policy._compiled.runner.threads <= 3
     release.set()
+
+
+def test_sync_thread_mode_gives_callers_arriving_together_a_worker_each() -> None:
+    """Callers that queue work at the same instant each get a worker (up to `max_threads`): none times out."""
+    callers = 8
+    policy = Policy(timeout=Timeout(attempt=5.0, sync_mode="thread", max_threads=32))
+    start = threading.Barrier(callers)
+    all_inside = threading.Event()  # set by the last call to enter a worker: no timing guess
+    lock = threading.Lock()
+    inside = 0
+    outcomes: list[str] = []
+
+    @policy
+    def call() -> str:
+        nonlocal inside
+        with lock:
+            inside += 1
+            if inside == callers:
+                all_inside.set()
+        all_inside.wait(30)  # returns only once every caller runs in a worker of its own
+        return "ok"
+
+    def caller() -> None:
+        start.wait(10)
+        try:
+            outcome = call()
+        except DeadlineExceededError:
+            outcome = "timeout"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        all_inside.set()
+    assert outcomes == ["ok"] * callers
+    assert policy._compiled.runner is not None
+    assert policy._compiled.runner.threads == callers
+
+
+class Payload:
+    """A large argument (100 KB) a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(100_000)
+
+
+def test_sync_thread_mode_timed_out_calls_leave_nothing_queued() -> None:
+    """While every worker hangs, a timed-out call leaves no work (nor its arguments) queued, and it never runs."""
+    release = threading.Event()
+    one_more_hung = threading.Semaphore(0)
+    lock = threading.Lock()
+    ran_after_timing_out = 0
+    policy = Policy(timeout=Timeout(total=30.0, sync_mode="thread", max_threads=2))
+    runner = policy._compiled.runner
+    assert runner is not None
+
+    @policy
+    def call(payload: Payload | None, *, hang: bool) -> None:
+        nonlocal ran_after_timing_out
+        if hang:
+            one_more_hung.release()
+            release.wait(30)
+        elif payload is not None:
+            with lock:
+                ran_after_timing_out += 1
+
+    blockers = [threading.Thread(target=call, args=(None,), kwargs={"hang": True}) for _ in range(2)]
+    try:
+        for blocker in blockers:  # one at a time: each is running in its worker before the next starts
+            blocker.start()
+            assert one_more_hung.acquire(timeout=10)
+        refs: list[weakref.ref[Payload]] = []
+        timed_out = 0
+        for _ in range(50):
+            payload = Payload()
+            refs.append(weakref.ref(payload))
+            try:
+                with deadline.scope(0.02):
+                    call(payload, hang=False)
+            except DeadlineExceededError:
+                timed_out += 1
+            del payload
+        gc.collect()
+        assert (timed_out, sum(ref() is not None for ref in refs)) == (50, 0)  # no payload is kept
+        assert runner.backlog == 0
+    finally:
+        release.set()
+        for blocker in blockers:
+            if blocker.is_alive():
+                blocker.join(30)
+    call(None, hang=False)  # the pool serves again once the dependency recovers
+    assert ran_after_timing_out == 0
+
+
+def test_sync_thread_mode_failures_leave_no_reference_cycle() -> None:
+    """A thread-mode call that raises (or returns) is freed at once: nothing waits for the cycle collector."""
+
+    @resilient(timeout=Timeout(total=5.0, sync_mode="thread"))
+    def call(fail: bool) -> str:
+        if fail:
+            raise KeyError("missing")
+        return "ok"
+
+    def failing() -> None:
+        with pytest.raises(KeyError):
+            call(True)
+
+    assert cyclic_garbage(lambda: call(False)) == []
+    assert cyclic_garbage(failing) == []
+
+
+def test_sync_thread_mode_keeps_the_functions_own_timeout_error() -> None:
+    """A TimeoutError the function raises itself (a socket timeout) reaches the caller as it is, not as the deadline."""
+    own = TimeoutError("read timed out")
+
+    @resilient(timeout=Timeout(total=5.0, sync_mode="thread"))
+    def call() -> None:
+        raise own
+
+    with pytest.raises(TimeoutError) as raised:
+        call()
+    assert raised.value is own
 
 
 def test_nested_calls_clamp_to_the_outer_deadline() -> None:

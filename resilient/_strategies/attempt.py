@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +25,7 @@ from resilient._kernel.errors import DeadlineExceededError
 from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Layer, Link, Now, Obs
 from resilient._strategies.breaker import CLOSED
 from resilient._strategies.breaker_registry import breaker_for
-from resilient._strategies.timeout import EVENT_EXCEEDED, TimeoutPolicy, watchdog_for
+from resilient._strategies.timeout import EVENT_EXCEEDED, AttemptAbandoned, TimeoutPolicy, watchdog_for
 from resilient.deadline import _DEADLINE
 from resilient.instrumentation._hub import HUB
 
@@ -200,7 +199,7 @@ def bounded_sync(cp: AttemptPolicy, label: str, fn: Callable[..., Any], args: Ar
             raise _exceeded(cp, label, deadline, end, now)
         try:
             return cp.runner.run(partial(fn, *args, **kwargs), remaining)
-        except FutureTimeout:
+        except AttemptAbandoned:  # the function's own TimeoutError passes through
             raise _exceeded(cp, label, deadline, end, now) from None
     finally:
         if token is not None:

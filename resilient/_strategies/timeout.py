@@ -7,7 +7,8 @@ variable so nested `@resilient` calls, `resilient.httpx` transports and your own
 backoff sleeps past it. Sync "thread" mode runs each attempt in a bounded pool of daemon
 worker threads and returns at the deadline; the abandoned attempt runs on to completion
 in its thread (Python cannot kill a thread), and at most `max_threads` such threads
-exist per policy, so a permanently hung dependency holds at most that many threads.
+exist per policy, so a permanently hung dependency holds at most that many threads; an
+attempt still queued when its caller gives up leaves the queue and never runs.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import asyncio
 import contextvars
 import logging
 import math
-import queue
 import threading
 import time
 import weakref
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 
     from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Now, Obs
 
-__all__ = ["EVENT_EXCEEDED", "LAYER", "ThreadRunner", "Timeout", "TimeoutPolicy"]
+__all__ = ["EVENT_EXCEEDED", "LAYER", "AttemptAbandoned", "ThreadRunner", "Timeout", "TimeoutPolicy"]
 
 T = TypeVar("T")
 
@@ -78,18 +77,29 @@ class Timeout:
 Timeout.__module__ = "resilient"
 
 
+class AttemptAbandoned(Exception):  # noqa: N818 - not an error of the call: the caller stopped waiting
+    """`ThreadRunner.run` gave up waiting. Not a `TimeoutError`, so one the function raises keeps its identity."""
+
+
 class ThreadRunner:
     """A bounded pool of daemon threads that runs sync attempts under a time limit.
 
     Daemon threads so a hung attempt never blocks interpreter exit (ThreadPoolExecutor's
-    workers are joined at exit). Workers are started on demand up to `max_threads`; a call
-    that finds every worker busy waits in the queue, within its own time limit.
+    workers are joined at exit). Workers are started on demand, up to `max_threads`: a job
+    queued while there are no more idle workers than jobs waiting starts one, so callers
+    arriving together each get a worker. A caller that finds every worker busy waits in the
+    queue, within its own time limit; when that passes, its job leaves the queue (with its
+    arguments) and never runs. A job already running when its caller gives up runs on; what
+    it returns then goes to `on_late` (if set), so that a resource in it can be released.
     """
 
-    def __init__(self, max_threads: int) -> None:
+    def __init__(self, max_threads: int, on_late: Callable[[object], None] | None = None) -> None:
         self._max = max_threads
-        self._work: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = queue.SimpleQueue()
+        #: Called in the worker with what an abandoned job returned, or the exception it raised.
+        self.on_late = on_late
         self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._queue: deque[_Job] = deque()
         self._threads = 0
         self._idle = 0
 
@@ -98,37 +108,140 @@ class ThreadRunner:
         """Worker threads alive now (never more than `max_threads`)."""
         return self._threads
 
+    @property
+    def backlog(self) -> int:
+        """Jobs waiting for a worker now: only those whose callers are still waiting."""
+        return len(self._queue)
+
     def run(self, fn: Callable[[], T], timeout: float) -> T:
-        """Run `fn` in a worker with the caller's context; raise FutureTimeout past `timeout`."""
-        future: Future[T] = Future()
-        self._work.put((future, contextvars.copy_context(), fn))
-        self._ensure_worker()
+        """Run `fn` in a worker with the caller's context; raise `AttemptAbandoned` past `timeout`."""
+        job = _Job(fn, contextvars.copy_context())
+        self._submit(job)
         try:
-            return future.result(timeout=max(timeout, 0.0))
-        except FutureTimeout:
-            future.cancel()  # not started yet: it never will be
+            finished = job.finished.acquire(timeout=max(timeout, 0.0))
+        except BaseException:  # interrupted while waiting (KeyboardInterrupt): the caller left
+            if not self._abandon(job) and self.on_late is not None:  # done meanwhile: nobody reads it
+                _discard(self.on_late, job.error if job.error is not None else job.result)
+            raise
+        if not finished and self._abandon(job):
+            raise AttemptAbandoned
+        return job.outcome()  # type: ignore[no-any-return]
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            self._queue.append(job)
+            if self._idle:
+                self._work_ready.notify()
+            # Idle workers may not have woken yet to take the jobs queued before this one:
+            # one more worker unless enough of them are waiting for every queued job.
+            start = len(self._queue) > self._idle and self._threads < self._max
+            if start:
+                self._threads += 1
+        if start:
+            self._start_worker(job)
+
+    def _start_worker(self, job: _Job) -> None:
+        try:
+            threading.Thread(target=self._work, name="resilient-timeout", daemon=True).start()
+        except BaseException:  # no thread to be had (RuntimeError: can't start new thread)
+            with self._lock:
+                self._threads -= 1
+                if job.state is _QUEUED:
+                    self._queue.remove(job)
             raise
 
-    def _ensure_worker(self) -> None:
+    def _abandon(self, job: _Job) -> bool:
+        """The caller gives up on `job`: False if it finished meanwhile (its outcome stands)."""
         with self._lock:
-            if self._idle > 0 or self._threads >= self._max:
-                return
-            self._threads += 1
-            self._idle += 1
-        threading.Thread(target=self._worker, name="resilient-timeout", daemon=True).start()
+            if job.state is _DONE:
+                return False
+            if job.state is _QUEUED:  # it never starts, and nothing keeps its arguments
+                self._queue.remove(job)
+                job.fn = job.context = None
+            job.state = _ABANDONED
+            return True
 
-    def _worker(self) -> None:
+    def _work(self) -> None:
         while True:
-            future, context, fn = self._work.get()
-            with self._lock:
-                self._idle -= 1
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(context.run(fn))
-                except BaseException as exc:
-                    future.set_exception(exc)
-            with self._lock:
+            job = self._next_job()
+            self._run(job)
+            del job  # an idle worker keeps nothing of the last job
+
+    def _next_job(self) -> _Job:
+        with self._lock:
+            while not self._queue:
                 self._idle += 1
+                try:
+                    self._work_ready.wait()
+                finally:
+                    self._idle -= 1
+            job = self._queue.popleft()
+            job.state = _RUNNING
+            return job
+
+    def _run(self, job: _Job) -> None:
+        # Handed straight on: an error's traceback holds `_call`'s frame and so this one,
+        # which must not keep the error in a local (a reference cycle per failed call).
+        self._finish(job, *_call(job.context, job.fn))  # type: ignore[arg-type]
+
+    def _finish(self, job: _Job, result: object, error: BaseException | None) -> None:
+        with self._lock:
+            job.fn = job.context = None
+            late = job.state is _ABANDONED
+            if not late:
+                job.state = _DONE
+                job.result, job.error = result, error
+        if not late:
+            job.finished.release()
+            return
+        on_late = self.on_late
+        if on_late is not None:
+            _discard(on_late, error if error is not None else result)
+
+
+_QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
+
+
+class _Job:
+    """One attempt handed to the pool; `state` changes under the runner's lock only."""
+
+    __slots__ = ("context", "error", "finished", "fn", "result", "state")
+
+    def __init__(self, fn: Callable[[], Any], context: contextvars.Context) -> None:
+        self.fn: Callable[[], Any] | None = fn
+        self.context: contextvars.Context | None = context
+        self.state = _QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: Held until the job is done: the caller waits on it (a bare lock is the cheapest wait).
+        self.finished = threading.Lock()
+        self.finished.acquire()
+
+    def outcome(self) -> Any:
+        """The result, or raise the error (handed over once: neither the job nor this frame keeps it)."""
+        error, self.error = self.error, None
+        if error is None:
+            return self.result
+        try:
+            raise error
+        finally:
+            del error  # the traceback holds this frame: no cycle through the local
+
+
+def _discard(on_late: Callable[[object], None], outcome: object) -> None:
+    """Hand what an abandoned job produced to `on_late`; a failure there is logged, the worker lives on."""
+    try:
+        on_late(outcome)
+    except Exception:
+        logging.getLogger("resilient.timeout").exception("discarding a late result with %r failed", on_late)
+
+
+def _call(context: contextvars.Context, fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """`fn()` in `context`: (result, None) or (None, the exception), without a job in the frame."""
+    try:
+        return context.run(fn), None
+    except BaseException as exc:  # every outcome goes back to the caller, as Future.set_exception does
+        return None, exc
 
 
 class Watch(Protocol):

@@ -83,6 +83,9 @@ class ResilientTransport(httpx.BaseTransport):
             raise TypeError(f"transport must be an httpx.BaseTransport (sync), got {transport!r}")
         self._engine = Engine(build_options(options))
         self._inner = transport if transport is not None else httpx.HTTPTransport()
+        runner = self._engine.options.retrying.runner  # `once` shares it
+        if runner is not None:  # thread mode: close what an attempt gets after its caller left
+            runner.on_late = _close_late
 
     def breakers(self) -> dict[str, BreakerRuntime]:
         """The live breaker of each host seen recently, by origin (``http://host:80``)."""
@@ -206,6 +209,13 @@ def _close_pending(exchange: Exchange) -> None:
     pending, exchange.pending = exchange.pending, None
     if pending is not None:
         pending.close()
+
+
+def _close_late(outcome: object) -> None:
+    """Close the response of an attempt that finished after its caller gave up: its connection goes back."""
+    response = outcome.response if isinstance(outcome, StatusFailure) else outcome
+    if isinstance(response, httpx.Response):
+        response.close()
 
 
 async def _aclose_pending(exchange: Exchange) -> None:

@@ -30,7 +30,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import resilient.httpx
-from resilient import Timeout
+from resilient import Policy, Timeout
 from resilient import resilient as protect
 from resilient.asgi import ResilientMiddleware
 from resilient.testing import Fault, FaultyUpstream
@@ -389,3 +389,79 @@ def test_10k_sync_timeouts_leave_nothing_behind(figures: Figures) -> None:
             found = sync_leak_run(call)
     figures.report("hang_leaks_decorator_sync_transport", threads=LEAK_THREADS, **found)
     assert_nothing_left(found)
+
+
+THREAD_MODE_MAX_THREADS = 4
+THREAD_MODE_WINDOW = 1_000  # timed-out calls per traced window
+THREAD_MODE_ARGUMENT = 100_000  # bytes of argument each call passes
+THREAD_MODE_CALLERS = 50
+THREAD_MODE_WINDOWS = 3  # the first one settles what tracing itself and first uses allocate
+
+
+def test_thread_mode_under_a_hang_keeps_memory_flat(figures: Figures) -> None:
+    """Thread mode, every worker hung: 1,000 timed-out calls with 100 KB arguments each retain (almost) nothing.
+
+    Four workers hang on an event (the dependency never answers); 50 caller threads then make
+    windows of 1,000 calls timed out at 5 ms, each passing 100 KB. What is still allocated
+    after each window (tracemalloc, after a full collection) must not grow from the second
+    window to the third by more than 32 B a call: a call that left its work queued would
+    keep its 100 KB. Nothing queued is left, and once the dependency recovers no timed-out
+    call runs.
+    """
+    release = threading.Event()
+    lock = threading.Lock()
+    runs = 0
+    policy = Policy(timeout=Timeout(total=LEAK_DEADLINE, sync_mode="thread", max_threads=THREAD_MODE_MAX_THREADS))
+
+    @policy
+    def hang(argument: bytes) -> int:
+        nonlocal runs
+        with lock:
+            runs += 1
+        release.wait(60)  # the dependency never answers (until the scenario ends)
+        return len(argument)
+
+    def call() -> object:
+        return hang(bytes(THREAD_MODE_ARGUMENT))
+
+    retained: list[int] = []
+    peaks: list[int] = []
+    with library_logs_dropped():
+        try:
+            timed_threads(call, THREAD_MODE_WINDOW, THREAD_MODE_CALLERS)  # warm-up: every worker now hangs
+            hung = runs
+            gc.collect()
+            tracemalloc.start()
+            try:
+                for _ in range(THREAD_MODE_WINDOWS):
+                    tracemalloc.reset_peak()
+                    timed_threads(call, THREAD_MODE_WINDOW, THREAD_MODE_CALLERS)  # durations dropped
+                    peaks.append(tracemalloc.get_traced_memory()[1])
+                    retained.append(traced_retained())
+            finally:
+                tracemalloc.stop()
+            runner = policy._compiled.runner
+            assert runner is not None
+            workers = runner.threads
+        finally:
+            release.set()
+    growth = (retained[-1] - retained[1]) / THREAD_MODE_WINDOW
+    figures.report(
+        "hang_memory_thread_mode",
+        max_threads=THREAD_MODE_MAX_THREADS,
+        callers=THREAD_MODE_CALLERS,
+        deadline_ms=LEAK_DEADLINE * 1000,
+        argument_bytes=THREAD_MODE_ARGUMENT,
+        traced_calls=THREAD_MODE_WINDOWS * THREAD_MODE_WINDOW,
+        workers=workers,
+        hung_calls=hung,
+        **{f"retained_after_window{index}_bytes": size for index, size in enumerate(retained, 1)},
+        **{f"peak_in_window{index}_bytes": size for index, size in enumerate(peaks, 1)},
+        growth_per_1000_calls_bytes=growth * 1000,
+        growth_per_call_bytes=growth,
+    )
+    assert growth <= MAX_GROWTH_PER_CALL
+    assert (workers, hung) == (THREAD_MODE_MAX_THREADS, THREAD_MODE_MAX_THREADS)
+    assert runner.backlog == 0
+    hang(b"")  # the workers serve again; the timed-out calls never ran
+    assert runs == hung + 1
