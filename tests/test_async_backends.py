@@ -541,15 +541,20 @@ async def test_transport_breaker_opens_and_fails_fast() -> None:
 
 
 async def test_transport_over_loopback_retries_and_times_out(skipped_waits: list[float]) -> None:
-    """Over a real socket (httpcore on the running backend): a 503 is retried, a hanging answer times out."""
+    """Over a real socket (httpcore on the running backend): a 503 is retried, a hanging answer times out.
+
+    `FaultyUpstream`'s `async with` starts and stops it in a worker thread of either backend.
+    """
     script = [Fault.status(503), Fault.ok("fine"), Fault.hang(LONG)]
-    with FaultyUpstream(script, max_lifetime=BOUND) as upstream:
-        transport = AsyncResilientTransport(timeout=1.0, retry=Retry(attempts=2, budget=None))
-        with anyio.fail_after(BOUND):
-            async with httpx.AsyncClient(transport=transport, base_url=upstream.url) as client:
-                assert (await client.get("/")).text == "fine"
-                with pytest.raises(DeadlineExceededError):
-                    await client.get("/hang")
+    transport = AsyncResilientTransport(timeout=1.0, retry=Retry(attempts=2, budget=None))
+    with anyio.fail_after(BOUND):
+        async with (
+            FaultyUpstream(script, max_lifetime=BOUND) as upstream,
+            httpx.AsyncClient(transport=transport, base_url=upstream.url) as client,
+        ):
+            assert (await client.get("/")).text == "fine"
+            with pytest.raises(DeadlineExceededError):
+                await client.get("/hang")
     assert len(skipped_waits) >= 1
 
 
@@ -576,3 +581,15 @@ def test_no_async_library_is_a_clear_error() -> None:
     assert len(thread_result) == 1
     assert isinstance(thread_result[0], RuntimeError)
     assert "asyncio event loop or trio run" in str(thread_result[0])
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_redis_storage_on_trio_says_it_needs_asyncio(uri: str) -> None:
+    """Shared state in Redis on an async path under trio fails with an error that says why and what to do."""
+
+    @resilient(rate_limit=RateLimit("100/second", storage=uri))
+    async def limited() -> str:
+        return "ok"
+
+    with pytest.raises(RuntimeError, match=r"needs asyncio \(redis\.asyncio\)"):
+        await limited()
