@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 
 from resilient import deadline
 from resilient._edge.asgi_exchange import BodyTooLargeError, Exchange, Headers, Receive, Send
-from resilient._edge.asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer
+from resilient._edge.asgi_limits import NO_TIMER, AsyncGate, NoTimer, RequestTimer, TrioRequestTimer
 from resilient._edge.core import (
     REJECTIONS,
     SHED_RETRY_AFTER,
@@ -170,8 +170,8 @@ class ResilientMiddleware:
                 timer = self._arm_deadline(headers, plan, ex)
                 try:
                     await self.app(scope, ex.receive if ex.body_limit is not None else ex.raw_receive, ex.send)
-                except asyncio.CancelledError:
-                    if timer.settle():
+                except BaseException as error:  # a cancellation (asyncio's or trio's) is the timer's to judge
+                    if timer.settle(error):
                         raise TimeoutError from None
                     raise
                 finally:
@@ -208,7 +208,9 @@ class ResilientMiddleware:
         emit_rejection(429, plan.label, retry_after=round(decision.reset_after, 3))
         return 429, limit_headers
 
-    def _arm_deadline(self, headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: Exchange) -> RequestTimer | NoTimer:
+    def _arm_deadline(
+        self, headers: _HeaderMap, plan: RoutePlan[AsyncGate], ex: Exchange
+    ) -> RequestTimer | TrioRequestTimer | NoTimer:
         """Start the request's deadline, if it has one (raises `TimeoutError` if already spent)."""
         timeout = plan.timeout
         if self._honour_deadline:
@@ -226,7 +228,11 @@ class ResilientMiddleware:
         if outer is not None and outer < instant:
             instant = outer
         ex.deadline = instant
-        task = asyncio.current_task()
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop: trio (anyio's other backend)
+            trio_timer = ex.timer = TrioRequestTimer(instant, now)
+            return trio_timer
         if task is None:  # pragma: no cover - ASGI servers always run apps in a task
             raise RuntimeError("ResilientMiddleware must run inside an asyncio task")
         timer = ex.timer = RequestTimer(task, instant, now)

@@ -14,7 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from inspect import iscoroutinefunction
 
 import pytest
 import structlog
@@ -39,6 +40,26 @@ trace.set_tracer_provider(_TRACER_PROVIDER)
 
 _METRIC_READER = InMemoryMetricReader()
 metrics.set_meter_provider(MeterProvider(metric_readers=[_METRIC_READER]))
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Generator[None, object, None]:
+    """pytest-asyncio's auto mode, minus the tests anyio's plugin runs (`@pytest.mark.anyio`).
+
+    pytest-asyncio runs in strict mode so that anyio-marked tests reach anyio (auto mode
+    would run them on asyncio whatever their `anyio_backend`); this wrapper, inside
+    pytest-asyncio's own, marks every other coroutine test `asyncio` before it looks.
+    """
+    outcome = yield
+    del collector, name, obj
+    items = outcome.get_result()  # type: ignore[attr-defined]
+    for item in items if isinstance(items, list) else [items]:
+        if (
+            isinstance(item, pytest.Function)
+            and iscoroutinefunction(getattr(getattr(item.obj, "hypothesis", None), "inner_test", item.obj))
+            and item.get_closest_marker("anyio") is None
+        ):
+            item.add_marker("asyncio")
 
 
 @pytest.fixture(autouse=True)

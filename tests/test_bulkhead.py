@@ -291,10 +291,58 @@ async def test_cancelling_a_caller_just_handed_a_slot_gives_it_back() -> None:
     assert await holder == "holder"  # its release handed the slot to `granted`, not yet resumed
     granted.cancel()
     (outcome,) = await asyncio.gather(granted, return_exceptions=True)
-    assert outcome == "granted" or isinstance(outcome, asyncio.CancelledError)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert "granted" not in side.entered
     assert runtime.in_use == 0
     assert await side.call_now("next") == "next"
     assert runtime.in_use == 0
+
+
+@pytest.mark.parametrize("hops", range(6))
+async def test_a_cancel_arriving_with_the_handed_slot_wins(hops: int) -> None:
+    """A caller cancelled after its slot was handed over but before it resumed never runs the call.
+
+    The holder's release and the cancel happen in one loop iteration, the cancel `hops`
+    callbacks later, wherever it falls among the hand-over's own callbacks: on 3.11
+    `asyncio.wait_for` returned the completed hand-over to a task being cancelled (CPython
+    gh-86296), and the cancelled caller ran the function. The slot always comes back.
+    """
+    policy = Policy(bulkhead=Bulkhead(max_concurrent=1, max_wait=LONG_WAIT))
+    runtime = runtime_of(policy)
+    ran: list[str] = []
+
+    @policy
+    async def protected(name: str) -> str:
+        ran.append(name)
+        return name
+
+    assert runtime.try_acquire()  # the slot is held outside any task
+    granted = asyncio.create_task(protected("granted"))
+    await asyncio.sleep(0)  # one step: the task queues (enqueueing is synchronous) and parks
+    assert len(runtime._waiters) == 1
+    loop = asyncio.get_running_loop()
+
+    started_before_cancel: list[bool] = []
+
+    def cancel_after(remaining: int) -> None:
+        if remaining == 0:
+            started_before_cancel.append(bool(ran))
+            granted.cancel()
+        else:
+            loop.call_soon(cancel_after, remaining - 1)
+
+    runtime.release()  # hands the slot to `granted`
+    cancel_after(hops)
+    (outcome,) = await asyncio.gather(granted, return_exceptions=True)
+    if hops == 0:
+        assert started_before_cancel == [False]  # the cancel is requested before the task resumes
+    if started_before_cancel == [False]:  # cancelled before the call began: it must never begin
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert ran == []
+    else:  # the task resumed and finished first: the cancel came too late to matter
+        assert outcome == "granted"
+    assert runtime.in_use == 0
+    assert await protected("next") == "next"
 
 
 def test_shorthand_and_config_compile_to_the_same_bulkhead() -> None:

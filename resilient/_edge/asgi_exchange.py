@@ -18,7 +18,7 @@ from resilient._edge.core import REJECTIONS, error_body, error_headers
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from resilient._edge.asgi_limits import RequestTimer
+    from resilient._edge.asgi_limits import RequestTimer, TrioRequestTimer
 
 __all__ = ["BodyTooLargeError", "Exchange", "Headers", "Message", "Receive", "Send"]
 
@@ -48,7 +48,7 @@ class Exchange:
     sent_bytes = received = 0
     body_limit: int | None = None
     deadline: float | None = None
-    timer: RequestTimer | None = None
+    timer: RequestTimer | TrioRequestTimer | None = None
     ended: float | None = None
     rejection: str | None = None
     client: str | None = None

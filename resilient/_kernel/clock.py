@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from resilient._kernel.aio import trio_sleep
+
 __all__ = ["CLOCK", "Clock"]
 
 
@@ -35,15 +37,22 @@ class Clock:
             time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
-        """Suspend the task for `seconds`; still a cancellation point when waits are skipped."""
+        """Suspend the task for `seconds`; still a cancellation point when waits are skipped.
+
+        On asyncio or trio (anyio on either): asyncio is looked for first, for free.
+        """
         if self.recorded is not None:
             self.recorded.append(seconds)
         if self.skip_waits:
             if self.on_skipped_wait is not None:
                 self.on_skipped_wait(seconds)
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(max(seconds, 0.0))
+            seconds = 0.0
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            await trio_sleep(max(seconds, 0.0))  # trio.sleep(0) is a checkpoint too
+            return
+        await asyncio.sleep(max(seconds, 0.0))
 
 
 CLOCK = Clock()

@@ -146,7 +146,10 @@ class SharedStore:
 
     def loop_clients(self) -> _LoopClients:
         """The async clients of the running loop, created on first use in that loop."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(_NOT_ASYNCIO.format(storage=self.spec.shown)) from None
         clients = self._loops.get(loop)
         if clients is None:
             clients = self._loops[loop] = self._new_loop_clients()
@@ -233,6 +236,12 @@ class SharedStore:
         if storage is not None:
             for client in _redis_clients(storage):
                 client.close()
+
+
+_NOT_ASYNCIO = (
+    "shared storage {storage} on an async path needs asyncio (redis.asyncio), and no asyncio loop runs here"
+    " (trio?): use in-process state on trio, or call a sync policy from a worker thread"
+)
 
 
 async def _close_at_loop_shutdown(store: SharedStore, clients: _LoopClients) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilient._kernel.aio import trio_bounded
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import DeadlineExceededError
 from resilient._kernel.layer import AFn, Args, Fn, Kwargs, Layer, Link, Now, Obs
@@ -31,6 +32,7 @@ from resilient.instrumentation._hub import HUB
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
+    from contextvars import Token
 
     from resilient._strategies.breaker import BreakerRuntime
 
@@ -223,9 +225,12 @@ async def bounded_async(
     if remaining <= 0:
         raise _exceeded(cp, label, deadline, end, now)
     token = _set_deadline(end) if end is not deadline else None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no asyncio loop: a trio task (or none, which `trio_bounded` reports)
+        return await _bounded_trio(cp, label, fn, args, kwargs, (deadline, end, now), token)
     # asyncio.timeout() semantics (cancel the task; tell our cancellation from anyone
     # else's by the task's cancel count), armed on the loop's shared watchdog.
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # given the loop: Python 3.11's current_task would look it up again
     if task is None:  # not inside a task (a bare coroutine driven by hand): no cancellation
         return await fn(*args, **kwargs)
@@ -246,6 +251,27 @@ async def bounded_async(
             task.uncancel()
         if token is not None:
             _reset_deadline(token)
+
+
+async def _bounded_trio(
+    cp: AttemptPolicy,
+    label: str,
+    fn: Callable[..., Awaitable[Any]],
+    args: Args,
+    kwargs: Kwargs,
+    bound: tuple[float | None, float, float],
+    token: Token[float | None] | None,
+) -> Any:
+    """`bounded_async` on trio: the attempt runs in a cancel scope that ends at its bound."""
+    deadline, end, now = bound
+    try:
+        expired, result = await trio_bounded(end - now, fn, args, kwargs)
+    finally:
+        if token is not None:
+            _reset_deadline(token)
+    if expired:
+        raise _exceeded(cp, label, deadline, end, now)
+    return result
 
 
 def _exceeded(cp: AttemptPolicy, label: str, deadline: float | None, end: float, now: float) -> DeadlineExceededError:

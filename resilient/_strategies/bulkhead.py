@@ -3,8 +3,9 @@
 One capacity is shared by sync and async callers of the same policy. Neither
 `threading.Semaphore` (blocks the event loop) nor `asyncio.Semaphore` (bound to one loop,
 not thread-safe) can do that, so this is a small hand-off semaphore: a list holding one
-token per free slot, and a FIFO of waiters, each either a thread lock or an asyncio
-future (woken with `call_soon_threadsafe`). A releasing caller whose slot a waiter needs
+token per free slot, and a FIFO of waiters, each either a thread lock, an asyncio
+future (woken with `call_soon_threadsafe`) or a trio event (woken with
+`TrioToken.run_sync_soon`). A releasing caller whose slot a waiter needs
 hands it straight to the oldest one, so waiters are served in order, and a new caller
 does not take a free slot while anyone is queued.
 
@@ -27,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilient._kernel.aio import TrioWaiter
 from resilient._kernel.clock import CLOCK
 from resilient._kernel.errors import BulkheadFullError
 from resilient._kernel.layer import Layer, Link
@@ -79,14 +81,38 @@ class _ThreadWaiter:
 class _TaskWaiter:
     __slots__ = ("future", "granted", "loop")
 
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[None] = self.loop.create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
         self.granted = False
 
     def wake(self) -> None:
         self.granted = True
         self.loop.call_soon_threadsafe(_resolve, self.future)
+
+    async def wait(self, seconds: float) -> None:
+        """Wait at most `seconds` for `wake`; a cancellation always raises, even after a hand-over.
+
+        The future is awaited directly, neither shielded nor under `asyncio.wait_for`: on
+        3.11 `wait_for` hands back an inner result that completed as the task was being
+        cancelled (CPython gh-86296), so a cancelled waiter went on to run the call. Here a
+        cancel either cancels the pending future or, once it is resolved, is thrown into
+        the task when it resumes (`Task.cancel` on a done waiter): `CancelledError` either way.
+        """
+        timer = self.loop.call_later(seconds, _resolve, self.future)
+        try:
+            await self.future
+        finally:
+            timer.cancel()
+
+
+def _new_task_waiter() -> _TaskWaiter | TrioWaiter:
+    """A waiter for the running task: asyncio's (looked for first), else trio's."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return TrioWaiter()
+    return _TaskWaiter(loop)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -105,7 +131,7 @@ class BulkheadRuntime:
         #: One token per free slot (a slot handed to a waiter never comes back here).
         self._free: list[None] = [None] * config.max_concurrent
         self._lock = threading.Lock()  # guards `_waiters` and hand-overs, not the fast path
-        self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+        self._waiters: deque[_ThreadWaiter | _TaskWaiter | TrioWaiter] = deque()
 
     @property
     def in_use(self) -> int:
@@ -150,14 +176,12 @@ class BulkheadRuntime:
         if self.try_acquire():
             return
         if wait > 0:
-            waiter = _TaskWaiter()
+            waiter = _new_task_waiter()
             if not self._enqueue(waiter):
                 return
             try:
-                await asyncio.wait_for(asyncio.shield(waiter.future), wait)
-            except TimeoutError:
-                pass
-            except BaseException:
+                await waiter.wait(wait)
+            except BaseException:  # cancelled (asyncio or trio): a slot handed to us goes back
                 if self._withdraw(waiter):
                     self.release()
                 raise
@@ -165,7 +189,7 @@ class BulkheadRuntime:
                 return
         raise self._reject(label)
 
-    def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+    def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter | TrioWaiter) -> bool:
         """Queue a waiter; False means a slot was free after all and is now ours."""
         with self._lock:
             # Join first, then look for a token: a release that put one back before we
@@ -176,7 +200,7 @@ class BulkheadRuntime:
                 return False
             return True
 
-    def _withdraw(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+    def _withdraw(self, waiter: _ThreadWaiter | _TaskWaiter | TrioWaiter) -> bool:
         """Leave the queue; True if a slot was handed to us meanwhile (we now hold it)."""
         with self._lock:
             if waiter.granted:

@@ -27,9 +27,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar, cast
+
+from resilient._kernel.aio import current_trio
 
 __all__ = ["Fault", "FaultyUpstream", "ReceivedRequest"]
+
+T = TypeVar("T")
 
 DEFAULT_MAX_LIFETIME = 120.0
 DEFAULT_MAX_RECORDED = 10_000
@@ -251,10 +255,10 @@ class FaultyUpstream:
         self.stop()
 
     async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
+        return await _in_thread(self.start)
 
     async def __aexit__(self, *_exc: object) -> None:
-        await asyncio.to_thread(self.stop)
+        await _in_thread(self.stop)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -403,6 +407,15 @@ def _chooser(script: FaultSource, default: Fault) -> Callable[[ReceivedRequest],
 
 
 # ---------------------------------------------------------------------- HTTP/1.1 wire format
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking `fn` off the event loop: asyncio's `to_thread`, or trio's under trio."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return cast("T", await current_trio().to_thread.run_sync(fn))
+    return await asyncio.to_thread(fn)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:
