@@ -343,7 +343,9 @@ async def test_one_clients_open_breaker_reaches_another_only_in_a_named_scope(
 ) -> None:
     """Client A's open breaker fails client B's requests to the same host only when both name one scope."""
     template = CircuitBreaker(name="payments", failure_threshold=1)
-    options: dict[str, Any] = {"breaker": template, "retry": False, "breaker_scope": scope}
+    options: dict[str, Any] = {"breaker": template, "retry": False}
+    if scope is not None:
+        options["breaker_scope"] = scope
     failing = client_for(mode, httpx.MockTransport(status(503)), **options)
     healthy = client_for(mode, httpx.MockTransport(status(200)), **options)
     try:
