@@ -13,7 +13,10 @@ through the policy's layers (rate limit, bulkhead, total timeout, retry + budget
 attempt consults the host's breaker, clamps httpx's timeouts to the deadline, sends the
 remaining budget in `resilient.deadline.HEADER`, and turns a retryable status into a
 `StatusFailure` so the retry loop and the breaker see it. The caller always gets a
-normal `httpx.Response` back, even the last 503 after the retries ran out.
+normal `httpx.Response` back, even the last 503 after the retries ran out: the very object
+the inner transport returned, unread. What the transport refuses (open circuit, rate limit,
+full bulkhead, deadline) is raised as an httpx exception that is also the `resilient` one
+(`HTTPCircuitOpenError`, ...); httpx's own errors pass through as they were raised.
 
 This module does the I/O only; every decision lives in `resilient.httpx._engine` (per request),
 `httpx._options`, `httpx._hosts` and `httpx._rules`, shared by the sync and the async transport.
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Unpack
+from types import TracebackType
+from typing import Any, Self, Unpack
 
 import httpx
 
@@ -32,6 +36,12 @@ from resilient._kernel.validate import check_int
 from resilient._strategies.breaker import BreakerRuntime
 from resilient._strategies.retry import Retry
 from resilient.httpx._engine import EVENT_REQUEST, Engine, Exchange
+from resilient.httpx._errors import (
+    HTTPBulkheadFullError,
+    HTTPCircuitOpenError,
+    HTTPDeadlineExceededError,
+    HTTPRateLimitedError,
+)
 from resilient.httpx._options import (
     DEFAULT_MAX_HOSTS,
     DEFAULT_MAX_RETRY_AFTER,
@@ -54,6 +64,10 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "AsyncResilientTransport",
+    "HTTPBulkheadFullError",
+    "HTTPCircuitOpenError",
+    "HTTPDeadlineExceededError",
+    "HTTPRateLimitedError",
     "ResilientTransport",
     "StatusFailure",
     "TransportOptions",
@@ -72,10 +86,12 @@ DEFAULT_HTTPX_TIMEOUT = httpx.Timeout(5.0)
 class ResilientTransport(httpx.BaseTransport):
     """An `httpx.BaseTransport` adding retries, per-host breakers, deadlines and telemetry.
 
-    Wraps `transport` (default: a new `httpx.HTTPTransport()`), closed by `close()`. Takes
-    a `policy` or the shorthands (see `TransportOptions`). Raises `CircuitOpenError` while
-    the host's breaker is open and `RateLimitedError` / `BulkheadFullError` on rejection;
-    otherwise returns the last response (whatever its status) or raises the last error.
+    Wraps `transport` (default: a new `httpx.HTTPTransport()`): `with`, `close()` reach it.
+    Takes a `policy` or the shorthands (see `TransportOptions`). Raises `HTTPCircuitOpenError`
+    while the host's breaker is open, `HTTPRateLimitedError` / `HTTPBulkheadFullError` on
+    rejection (`httpx.TransportError`s) and `HTTPDeadlineExceededError` (an
+    `httpx.TimeoutException`), each also the `resilient` error of that name; otherwise returns
+    the last response (whatever its status) or raises the last error, as httpx raised it.
     """
 
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Unpack[TransportOptions]) -> None:
@@ -106,18 +122,24 @@ class ResilientTransport(httpx.BaseTransport):
                 exchange.obs,
                 exchange.started,
             )
-        except StatusFailure as last:
-            response = last.response
+        except StatusFailure as last:  # the retries gave up on a status: its response is the answer
+            response, exchange.pending = last.response, None
         except BaseException as error:
             _close_pending(exchange)
-            engine.fail(exchange, error)
+            raised = engine.fail(exchange, error)
+            if raised is error:
+                raise
+            raise raised from error.__cause__  # the rejection's httpx twin, in its place
+        try:
+            engine.finish(exchange, response)
+        except BaseException:
+            response.close()
             raise
-        engine.finish(exchange, response)
         return response
 
     def _attempt(self, exchange: Exchange) -> httpx.Response:
         if exchange.pending is not None:  # this attempt replaces the response a retry discarded
-            _close_pending(exchange)
+            _discard_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
         started = time.monotonic() if engine.times_attempts else 0.0
@@ -126,16 +148,35 @@ class ResilientTransport(httpx.BaseTransport):
         except BaseException as error:
             engine.attempt_failed(exchange, error, probe)
             raise
-        failure = engine.judge(exchange, response, probe, started)
+        try:
+            failure = engine.judge(exchange, response, probe, started)
+        except BaseException:  # whatever fails once the response is here must not keep its connection
+            response.close()
+            raise
         if failure is None:
             return response
-        _drain(response)
-        exchange.pending = response
+        exchange.pending = response  # unread: it may yet be the final answer
         raise failure
 
+    def __enter__(self) -> Self:
+        """Enter the wrapped transport too (httpx enters a client's transports with the client)."""
+        self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Exit the wrapped transport (which closes it) and drop the per-host state."""
+        self._inner.__exit__(exc_type, exc_value, traceback)
+        self._engine.hosts.clear()
+
     def close(self) -> None:
-        """Close the wrapped transport (and its connection pool)."""
+        """Close the wrapped transport (and its connection pool) and drop the per-host state."""
         self._inner.close()
+        self._engine.hosts.clear()
 
 
 class AsyncResilientTransport(httpx.AsyncBaseTransport):
@@ -171,17 +212,23 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 exchange.started,
             )
         except StatusFailure as last:
-            response = last.response
+            response, exchange.pending = last.response, None
         except BaseException as error:
             await _aclose_pending(exchange)
-            engine.fail(exchange, error)
+            raised = engine.fail(exchange, error)
+            if raised is error:
+                raise
+            raise raised from error.__cause__
+        try:
+            engine.finish(exchange, response)
+        except BaseException:
+            await response.aclose()
             raise
-        engine.finish(exchange, response)
         return response
 
     async def _attempt(self, exchange: Exchange) -> httpx.Response:
         if exchange.pending is not None:  # tested here: a coroutine per attempt costs more than the test
-            await _aclose_pending(exchange)
+            await _adiscard_pending(exchange)
         engine = self._engine
         probe = engine.before_attempt(exchange)
         started = time.monotonic() if engine.times_attempts else 0.0
@@ -190,16 +237,35 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         except BaseException as error:
             engine.attempt_failed(exchange, error, probe)
             raise
-        failure = engine.judge(exchange, response, probe, started)
+        try:
+            failure = engine.judge(exchange, response, probe, started)
+        except BaseException:
+            await response.aclose()
+            raise
         if failure is None:
             return response
-        await _adrain(response)
         exchange.pending = response
         raise failure
 
+    async def __aenter__(self) -> Self:
+        """Enter the wrapped transport too (httpx enters a client's transports with the client)."""
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Exit the wrapped transport (which closes it) and drop the per-host state."""
+        await self._inner.__aexit__(exc_type, exc_value, traceback)
+        self._engine.hosts.clear()
+
     async def aclose(self) -> None:
-        """Close the wrapped transport (and its connection pool)."""
+        """Close the wrapped transport (and its connection pool) and drop the per-host state."""
         await self._inner.aclose()
+        self._engine.hosts.clear()
 
 
 # ---------------------------------------------------------------------- discarded responses
@@ -229,27 +295,35 @@ def _small_body(response: httpx.Response) -> bool:
     return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
 
 
-def _drain(response: httpx.Response) -> None:
-    """Read a small error body, so its connection returns to the pool now, not at the next attempt.
+def _discard_pending(exchange: Exchange) -> None:
+    """Close the response a retry replaces; a small body is read first, so its connection is reused.
 
-    The body stays readable: if this response ends up being the final one, the caller
-    gets it with its content. A larger body is closed unread at the next attempt.
+    Only a response known to be discarded is read: the final one reaches the caller untouched.
+    A failure reading it only costs the keep-alive connection.
     """
-    if _small_body(response):
-        try:
-            response.read()
-        except httpx.HTTPError:
-            response.close()
-            raise
+    pending, exchange.pending = exchange.pending, None
+    if pending is None:
+        return
+    try:
+        if _small_body(pending):
+            pending.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        pending.close()
 
 
-async def _adrain(response: httpx.Response) -> None:
-    if _small_body(response):
-        try:
-            await response.aread()
-        except httpx.HTTPError:
-            await response.aclose()
-            raise
+async def _adiscard_pending(exchange: Exchange) -> None:
+    pending, exchange.pending = exchange.pending, None
+    if pending is None:
+        return
+    try:
+        if _small_body(pending):
+            await pending.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await pending.aclose()
 
 
 # ---------------------------------------------------------------------- ready-made clients

@@ -31,11 +31,13 @@ from resilient._kernel.context import REQUEST_ID
 from resilient._kernel.errors import DeadlineExceededError
 from resilient._strategies.breaker import CLOSED, BreakerRuntime
 from resilient.deadline import _DEADLINE, HEADER, format_header
+from resilient.httpx._errors import as_httpx_error
 from resilient.httpx._hosts import NO_HOST, Host, Hosts
 from resilient.httpx._rules import (
     DEFAULT_PORTS,
     IDEMPOTENCY_KEY,
     KNOWN_METHODS,
+    NOT_THE_HOSTS_FAULT,
     REPLAYABLE_STREAMS,
     StatusFailure,
     counts_as_failure,
@@ -100,7 +102,7 @@ class Engine:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.label = options.label
-        self.hosts = Hosts(options.template, options.max_hosts)
+        self.hosts = Hosts(options.template, options.max_hosts, options.breaker_scope)
         self._needs_host = options.template is not None or options.per_host_limit
         self._statuses = options.retry_statuses
         self._retry_response = options.retry_response
@@ -200,8 +202,13 @@ class Engine:
         self, exchange: Exchange, response: httpx.Response, probe: bool, started: float
     ) -> StatusFailure | None:
         status = response.status_code
-        retry = exchange.compiled.retry is not None and (
-            status in self._statuses or (self._retry_response is not None and self._retry_response(response))
+        retrying = exchange.compiled.retry
+        # On the last attempt there is nothing to retry: the response is the answer, handed
+        # over as it came (no "retries exhausted" warning for an upstream's 503).
+        retry = (
+            retrying is not None
+            and exchange.attempts < retrying.attempts
+            and (status in self._statuses or (self._retry_response is not None and self._retry_response(response)))
         )
         failed = counts_as_failure(status)
         breaker = exchange.host.breaker
@@ -226,11 +233,14 @@ class Engine:
         breaker.on_success(probe=probe, duration=duration, label=self.label)
 
     def attempt_failed(self, exchange: Exchange, error: BaseException, probe: bool) -> None:
-        """Count a transport error against the host's breaker (cancellation gives the probe back)."""
+        """Count a transport error against the host's breaker (cancellation gives the probe back).
+
+        httpx's errors about the request itself (`NOT_THE_HOSTS_FAULT`) say nothing of the host.
+        """
         breaker = exchange.host.breaker
         if breaker is None:
             return
-        if isinstance(error, Exception):
+        if isinstance(error, Exception) and not isinstance(error, NOT_THE_HOSTS_FAULT):
             breaker.on_failure(error, probe=probe, label=self.label)
         else:
             breaker.on_abandon(probe)
@@ -241,7 +251,8 @@ class Engine:
         """Close the span, count the call and log one line for a request that got a response."""
         status = response.status_code
         failed = status >= 500 or status in self._statuses
-        level = logging.WARNING if failed else logging.DEBUG
+        # An upstream's 5xx handed back is the upstream's news, not a warning per request.
+        level = logging.INFO if failed else logging.DEBUG
         if HUB.listeners or HUB.logger.is_enabled_for(level):  # else the span carries every field
             self._log(exchange, level, None, status)
         if exchange.span is not None:
@@ -249,11 +260,16 @@ class Engine:
             if status >= 400:
                 attributes["error.type"] = str(status)
             _end_span(exchange, attributes, Status(StatusCode.ERROR) if status >= 400 else None)
-        if exchange.obs is not None:
-            exchange.obs.end("failure" if failed else "success", None, {})
+        if exchange.obs is not None:  # `error.type` on the metric too: the status, as on the span
+            named = StatusFailure(response, None) if status >= 400 else None
+            exchange.obs.end("failure" if failed else "success", named, {})
 
-    def fail(self, exchange: Exchange, error: BaseException) -> None:
-        """Close the span, count the call and log one line for a request that raised."""
+    def fail(self, exchange: Exchange, error: BaseException) -> BaseException:
+        """Close the span, count the call and log one line for a request that raised; the error to raise.
+
+        That is `error` itself, or for a `resilient` rejection its httpx twin (`httpx._errors`).
+        """
+        error = as_httpx_error(error, exchange.request)
         if isinstance(error, Exception):
             outcome, rejection = outcome_of(error)
             # A rejection (open circuit, rate limit) is logged where it happens, once per
@@ -271,6 +287,7 @@ class Engine:
         if exchange.obs is not None:
             extra = {"resilient.rejection": rejection} if outcome == "rejected" else {}
             exchange.obs.end(outcome, None if outcome == "cancelled" else error, extra)
+        return error
 
     def _log(self, exchange: Exchange, level: int, error: BaseException | None, status: int | None) -> None:
         request = exchange.request

@@ -1,4 +1,10 @@
-"""Per-host state of an httpx transport: each origin's breaker and rate-limit key, LRU-bounded."""
+"""Per-host state of an httpx transport: each origin's breaker and rate-limit key, LRU-bounded.
+
+A host's breaker belongs to the transport (in memory, outside the process registry, so one
+client's failures never fail another client), unless the user named a `breaker_scope`: then
+it is the registry's breaker ``{scope}:{origin}``, shared by every transport naming that scope
+in the process, and through a Redis `storage` by every process.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,11 @@ from resilient._strategies.breaker_registry import breaker_for, forget_breaker
 from resilient.httpx._rules import DEFAULT_PORTS
 
 __all__ = ["NO_HOST", "Host", "Hosts"]
+
+#: Transports holding each scoped breaker: a shared breaker leaves the registry only when the
+#: last transport using it evicted it (or closed), so no transport is left on a stale copy.
+_SCOPED_USERS: dict[str, int] = {}
+_SCOPED_LOCK = threading.Lock()
 
 
 class Host:
@@ -33,8 +44,9 @@ NO_HOST = Host("", None)
 class Hosts:
     """Hosts seen recently, least recently used evicted beyond `max_hosts` (with their breakers)."""
 
-    def __init__(self, template: CircuitBreaker | None, max_hosts: int) -> None:
+    def __init__(self, template: CircuitBreaker | None, max_hosts: int, scope: str | None = None) -> None:
         self._template = template
+        self._scope = scope
         self._max = max_hosts
         self._hosts: OrderedDict[tuple[str, str, int | None], Host] = OrderedDict()
         self._lock = threading.Lock()
@@ -74,16 +86,46 @@ class Hosts:
             host = self._hosts.get(key)
             if host is not None:
                 return host
-            breaker = None
-            if self._template is not None:
-                breaker = breaker_for(dataclasses.replace(self._template, name=f"{self._template.name}:{origin}"))
-            host = Host(origin, breaker)
+            host = Host(origin, self._breaker(origin))
             self._hosts[key] = host
             self._newest = (key, host)
             evicted = self._hosts.popitem(last=False)[1] if len(self._hosts) > self._max else None
-        if evicted is not None and evicted.breaker is not None:
-            forget_breaker(evicted.breaker)
+        if evicted is not None:
+            self._release(evicted)
         return host
+
+    def _breaker(self, origin: str) -> BreakerRuntime | None:
+        template = self._template
+        if template is None:
+            return None
+        if self._scope is None:  # the transport's own, always in memory
+            return BreakerRuntime(dataclasses.replace(template, name=f"{template.name}:{origin}", storage="memory://"))
+        runtime = breaker_for(dataclasses.replace(template, name=f"{self._scope}:{origin}"))
+        with _SCOPED_LOCK:
+            _SCOPED_USERS[runtime.name] = _SCOPED_USERS.get(runtime.name, 0) + 1
+        return runtime
+
+    def _release(self, host: Host) -> None:
+        """Give a dropped host's scoped breaker back: the registry forgets it with its last user."""
+        runtime = host.breaker
+        if runtime is None or self._scope is None:
+            return
+        with _SCOPED_LOCK:
+            users = _SCOPED_USERS.get(runtime.name, 1) - 1
+            if users > 0:
+                _SCOPED_USERS[runtime.name] = users
+                return
+            _SCOPED_USERS.pop(runtime.name, None)
+        forget_breaker(runtime)
+
+    def clear(self) -> None:
+        """Drop every host (the transport closed), giving scoped breakers back."""
+        with self._lock:
+            dropped = list(self._hosts.values())
+            self._hosts.clear()
+            self._newest = ((), NO_HOST)
+        for host in dropped:
+            self._release(host)
 
     def breakers(self) -> dict[str, BreakerRuntime]:
         return {host.origin: host.breaker for host in list(self._hosts.values()) if host.breaker is not None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, cast
 
 import httpx
 import tenacity
@@ -41,7 +41,7 @@ from resilient.httpx._rules import (
 if TYPE_CHECKING:
     from resilient._engine.compiled import CompiledPolicy
     from resilient._strategies.ratelimit import RateLimit
-    from resilient.httpx._engine import Exchange
+    from resilient.httpx._hosts import Host
 
 __all__ = [
     "DEFAULT_MAX_HOSTS",
@@ -67,7 +67,9 @@ class TransportOptions(TypedDict, total=False):
     Either `policy` (its timeout, retry, rate limit and bulkhead apply, its breaker is the
     per-host template) or the shorthands `timeout`, `retry`, `breaker`, `rate_limit`,
     `bulkhead`, which take what `Policy` takes, except `breaker`: True (default), False or
-    a `CircuitBreaker` template.
+    a `CircuitBreaker` template. `breaker_scope` names the sharing of the per-host breakers
+    (across clients, and across processes with a Redis `storage`); without it each transport
+    keeps its own.
     """
 
     policy: Policy | None
@@ -83,6 +85,7 @@ class TransportOptions(TypedDict, total=False):
     retry_non_idempotent: bool
     max_retry_after: float
     max_hosts: int
+    breaker_scope: str | None
 
 
 OPTION_NAMES = frozenset(TransportOptions.__annotations__)
@@ -97,6 +100,7 @@ class Options:
     retrying: CompiledPolicy
     once: CompiledPolicy
     template: CircuitBreaker | None
+    breaker_scope: str | None
     per_host_limit: bool
     retry_statuses: frozenset[int]
     retry_methods: frozenset[str]
@@ -123,6 +127,7 @@ def build_options(options: TransportOptions) -> Options:
     if not isinstance(non_idempotent, bool):
         raise TypeError(f"retry_non_idempotent must be True or False, got {non_idempotent!r}")
     label, timeout, retry, template, limit, bulkhead = _layers(name, options)
+    breaker_scope = _breaker_scope(options.get("breaker_scope"), template)
     per_host = limit is not None and scope == "host"
     if limit is not None:
         limit = _scoped_rate_limit(limit, per_host=per_host, max_hosts=max_hosts)
@@ -133,6 +138,7 @@ def build_options(options: TransportOptions) -> Options:
         retrying=compiled,
         once=compiled.without_retry(),
         template=template,
+        breaker_scope=breaker_scope,
         per_host_limit=per_host,
         retry_statuses=normalise_statuses("retry_statuses", options.get("retry_statuses", RETRY_STATUSES)),
         retry_methods=normalise_methods("retry_methods", options.get("retry_methods", IDEMPOTENT_METHODS)),
@@ -184,18 +190,34 @@ def _as_template(value: object, name: str) -> CircuitBreaker | None:
             "breaker must not wrap a pybreaker.CircuitBreaker: each host gets its own breaker copied from "
             f"the template, and one pybreaker object cannot be shared (got {value!r})"
         )
-    _check_template_is_unique(value)
     return value
 
 
-def _check_template_is_unique(template: CircuitBreaker) -> None:
-    """Two transports using one breaker name with different settings would fight over each host."""
-    prefix = f"{template.name}:"
+def _breaker_scope(scope: object, template: CircuitBreaker | None) -> str | None:
+    """The named scope the per-host breakers are shared in, or None: they are the transport's own."""
+    if scope is None:
+        if template is not None and template.storage not in {None, "memory://"}:
+            raise ValueError(
+                "breaker.storage shares breaker state across processes, so the sharing needs a name: pass "
+                f"breaker_scope='...' (breakers are then named '<scope>:<origin>'), got storage for {template.name!r} "
+                "without a breaker_scope"
+            )
+        return None
+    name = check_name("breaker_scope", scope)
+    if template is None:
+        raise ValueError(f"breaker_scope names how per-host breakers are shared, but breaker is off; got {name!r}")
+    _check_scope_is_consistent(name, template)
+    return name
+
+
+def _check_scope_is_consistent(scope: str, template: CircuitBreaker) -> None:
+    """Two transports sharing one scope with different breaker settings would fight over each host."""
+    prefix = f"{scope}:"
     for breaker_name, runtime in list(_REGISTRY.items()):
         if breaker_name.startswith(prefix) and dataclasses.replace(runtime.config, name=template.name) != template:
             raise ValueError(
-                f"breaker.name {template.name!r} is already used by another transport with different settings "
-                f"({runtime.config!r}); give this template another name"
+                f"breaker_scope {scope!r} is already used by another transport with different breaker settings "
+                f"({runtime.config!r}); use the same template or another scope"
             )
 
 
@@ -205,7 +227,14 @@ def _scoped_rate_limit(limit: RateLimit, *, per_host: bool, max_hosts: int) -> R
     return dataclasses.replace(limit, key=_origin_of_exchange, max_keys=max(max_hosts, 1))
 
 
-def _origin_of_exchange(_transport: object, exchange: Exchange) -> str:
+class _HasHost(Protocol):
+    """What the rate-limit key needs of the engine's `Exchange` (a Protocol: `_engine` imports this module)."""
+
+    @property
+    def host(self) -> Host: ...
+
+
+def _origin_of_exchange(_transport: object, exchange: _HasHost) -> str:
     """The rate-limit key of an attempt, given the transport's arguments to the policy's call."""
     return exchange.host.origin
 

@@ -20,6 +20,7 @@ __all__ = [
     "IDEMPOTENCY_KEY",
     "IDEMPOTENT_METHODS",
     "KNOWN_METHODS",
+    "NOT_THE_HOSTS_FAULT",
     "REPLAYABLE_STREAMS",
     "RETRY_STATUSES",
     "TRANSIENT_ERRORS",
@@ -48,6 +49,16 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     httpx.TimeoutException,
     httpx.NetworkError,
     httpx.RemoteProtocolError,
+)
+
+#: Errors httpx raises about the request itself, never about the host's health: they pass
+#: through unchanged and never count against the host's breaker (an unsupported scheme or a
+#: URL without a host must not open a breaker and then come out as `CircuitOpenError`).
+NOT_THE_HOSTS_FAULT: tuple[type[Exception], ...] = (
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.InvalidURL,
+    httpx.StreamError,
 )
 
 _MAX_RETRY_AFTER_TEXT = 64  # longer values are not a delay or a date: ignore them
@@ -141,13 +152,17 @@ class StatusFailure(Exception):  # noqa: N818 - it carries a response, it is not
 
     Used inside the policy only: it feeds the host's breaker and drives the retry loop, and
     is turned back into the response before the transport returns. Retry and breaker events
-    name it as their error.
+    name it as their error; telemetry names it by the status the user sees (``error_type``
+    / ``error.type`` ``"503"``, as the HTTP semantic conventions do), not by this class.
     """
 
     def __init__(self, response: httpx.Response, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {response.status_code}")
+        status = response.status_code
+        super().__init__(f"HTTP {status}")
         self.response = response
         self.retry_after = retry_after
+        #: Read by `resilient.instrumentation` for `error.type`: the status code, as a string.
+        self._resilient_error_type = str(status)
 
 
 StatusFailure.__module__ = "resilient.httpx"  # where users meet it (re-exported there)

@@ -218,7 +218,14 @@ def _redacted_exception(error: BaseException) -> dict[str, str]:
 
 
 def _error_type(error: BaseException) -> str:
-    """`error.type` per the semantic conventions: the fully qualified class name."""
+    """`error.type` per the semantic conventions: the fully qualified class name.
+
+    An integration's internal signal names what the user sees instead, in a
+    ``_resilient_error_type`` attribute (the httpx transports' status failure says ``"503"``).
+    """
+    named = getattr(error, "_resilient_error_type", None)
+    if named is not None:
+        return str(named)
     cls = type(error)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
