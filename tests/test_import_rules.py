@@ -61,11 +61,8 @@ EDGES: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-#: Cycles still there, each to be dropped when it is gone. The httpx circle belongs to the
-#: httpx helper's branch (issue #19): drop this entry when that branch lands.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"resilient.httpx._engine", "resilient.httpx._options"})}
-)
+#: Cycles tolerated for now: none. An entry here would be a cycle waiting to be broken.
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def modules(package: Path) -> dict[str, Path]:
