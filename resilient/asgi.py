@@ -19,6 +19,7 @@ and everything a request needs lives in one per-request `Exchange` (`_edge.asgi_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
@@ -262,24 +263,26 @@ class ResilientMiddleware:
     # --- the error shield --------------------------------------------------------------------
 
     async def _shield(self, exc: Exception, ex: Exchange) -> bool:
-        """Answer a failure; True when it must be re-raised (the server then drops the connection)."""
+        """Answer a failure; True when it must be re-raised.
+
+        The middleware's own refusals (the deadline's `TimeoutError`, the body limit's
+        `BodyTooLargeError`) are answered (504, 413) and end here, unless the response had
+        started (then the re-raise makes the server drop the connection). The app's own
+        exception is the host's: it is recorded once, answered with the bare 500 when no
+        response has started, and always re-raised, as Starlette's `ServerErrorMiddleware`
+        does, so the server logs it and a test client raises it.
+        """
         if isinstance(exc, TimeoutError) and ex.deadline_passed():
-            status = 504
             emit_rejection(504, ex.route_label)
-        elif isinstance(exc, BodyTooLargeError) or ex.body_too_large:
-            status = 413
-        else:
-            status = 500
-            ex.rejection = REJECTIONS[500]
-            report_unhandled(exc, ex.request_id, ex.span)
-            if not self.options.error_shield:
-                return True
-        if ex.complete:
-            return False  # the client has its whole response; the error is logged
-        if ex.started:
-            return True
-        await ex.reject(status)
-        return False
+            return await _refuse(ex, 504)
+        if isinstance(exc, BodyTooLargeError) or ex.body_too_large:
+            return await _refuse(ex, 413)
+        ex.rejection = REJECTIONS[500]
+        report_unhandled(exc, ex.request_id, ex.span)
+        if self.options.error_shield and not ex.started:
+            with contextlib.suppress(Exception):  # a client gone away: the app's error is what matters
+                await ex.reject(500)
+        return True
 
     # --- tracing and the access log ----------------------------------------------------------
 
@@ -330,6 +333,16 @@ class ResilientMiddleware:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+async def _refuse(ex: Exchange, status: int) -> bool:
+    """Answer with our own refusal; True when too late for it (a response started: re-raise)."""
+    if ex.complete:
+        return False
+    if ex.started:
+        return True
+    await ex.reject(status)
+    return False
 
 
 def _joined(raw_headers: Any, name: bytes) -> str | None:
