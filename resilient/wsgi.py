@@ -84,6 +84,11 @@ class ResilientWSGIMiddleware:
 
     The in-flight slot is held until the response is complete (or closed), so a slow
     handler keeps counting against ``max_in_flight``: the limit bounds busy threads.
+
+    **Unhandled exceptions** keep the host's propagation: the bare 500 is written through
+    the server's ``write`` (so no server or debugger can replace it with a traceback page),
+    then the original exception is re-raised, for the server to log and a test client to
+    raise (``docs/middleware.md``, "The error shield").
     """
 
     def __init__(self, app: WSGIApp, /, **options: Any) -> None:
