@@ -406,3 +406,13 @@ async def test_a_contextvar_the_asgi_app_sets_stays_set_for_its_caller() -> None
     without = await asyncio.create_task(call(app))
     mounted = await asyncio.create_task(call(ResilientMiddleware(app, **ALL_ON)))
     assert mounted == without == "from the app"
+
+
+def test_starlette_debug_still_raises_but_its_traceback_page_never_reaches_the_client() -> None:
+    """Under debug=True the exception still reaches the test; the client gets our 500, not the traceback page."""
+    app = Starlette(debug=True, routes=ASGI_ROUTES, middleware=[Middleware(ResilientMiddleware, **ALL_ON)])
+    assert through_test_client(app, "boom", raise_server_exceptions=True).raised is not None
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert (response.status_code, response.json()["error"]) == (500, "internal_error")
+    assert [word for word in LEAKS if word in response.text] == []
