@@ -6,7 +6,8 @@
 
 For each host: the sdist of the version installed here (``pip download --no-binary :all:
 --no-deps``) is unpacked into a temp dir, a throwaway venv gets the host (from that sdist),
-its test requirements and resilient (editable, from this checkout), and the host's suite
+its test requirements (at the versions of its ``uv.lock``) and resilient (editable, from
+this checkout), and the host's suite
 runs twice: plain, then with a pytest plugin (``-p resilient_mount``) that mounts the
 middleware on every app the suite builds, every feature on and every limit out of reach:
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -138,11 +140,27 @@ def prepare(host: str, work: Path) -> tuple[Path, Path]:
     run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
     extras, needs, _ = HOSTS[host]
-    done = run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT), f"{source}{extras}", *needs])
+    pinned = [pin(need, locked(source)) for need in needs]
+    done = run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT), f"{source}{extras}", *pinned])
     if done.returncode:
         sys.exit(f"could not install {host}'s test requirements")
     (work / "resilient_mount.py").write_text(PLUGIN)
     return source, python
+
+
+def locked(source: Path) -> dict[str, str]:
+    """The versions the host's own lock file (``uv.lock`` in its sdist) pins, by package name."""
+    lock = source / "uv.lock"
+    if not lock.exists():
+        return {}
+    packages = tomllib.loads(lock.read_text())["package"]
+    return {package["name"]: package["version"] for package in packages if "version" in package}
+
+
+def pin(need: str, versions: dict[str, str]) -> str:
+    """A test requirement at the version the host's suite is run with upstream, when it says."""
+    version = versions.get(need)
+    return need if version is None else f"{need}=={version}"
 
 
 def suite(host: str, source: Path, python: Path, work: Path, *, mounted: bool) -> dict[str, str]:
