@@ -416,3 +416,62 @@ def test_starlette_debug_still_raises_but_its_traceback_page_never_reaches_the_c
         response = client.get("/boom")
     assert (response.status_code, response.json()["error"]) == (500, "internal_error")
     assert [word for word in LEAKS if word in response.text] == []
+
+
+# --- found by running Starlette's own suite with the middleware mounted (scripts/host-suites.py) --
+
+
+def test_the_apps_own_500_handler_answers() -> None:
+    """A Starlette app's exception_handlers[500] answers as without the middleware; the error still propagates."""
+
+    async def handler(_request: Request, _exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse("our own page", status_code=500)
+
+    def app(*, mounted: bool) -> Starlette:
+        built = starlette_app(mounted=mounted)
+        built.add_exception_handler(500, handler)
+        return built
+
+    for raise_server_exceptions in (True, False):
+        without = through_test_client(app(mounted=False), "boom", raise_server_exceptions=raise_server_exceptions)
+        mounted = through_test_client(app(mounted=True), "boom", raise_server_exceptions=raise_server_exceptions)
+        assert mounted == without
+    with TestClient(app(mounted=True), raise_server_exceptions=False) as client:
+        assert client.get("/boom").text == "our own page"
+
+
+async def test_an_outer_layers_http_exception_is_left_to_it() -> None:
+    """An HTTP answer raised through `receive` by an outer layer (Starlette's body limit) reaches it unanswered."""
+
+    class ReadBody:
+        """User middleware reading the body itself, outside Starlette's own exception handling."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+            await receive()
+            await self.app(scope, receive, send)
+
+    for mounted in (False, True):
+        middleware = [Middleware(ResilientMiddleware, **ALL_ON)] if mounted else []
+        app = Starlette(routes=ASGI_ROUTES, middleware=[*middleware, Middleware(ReadBody)], max_body_size=5)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/ok", content=b"123456")
+        assert response.status_code == 413
+
+
+async def test_a_scope_without_headers_is_served() -> None:
+    """A scope missing its optional-in-practice `headers` key is served, as the host serves it."""
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    app = starlette_app(mounted=True)
+    await app({"type": "http", "method": "GET", "path": "/ok"}, receive, send)
+    assert [message.get("body") for message in sent if message["type"] == "http.response.body"] == [b"ok"]
