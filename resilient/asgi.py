@@ -19,6 +19,7 @@ and everything a request needs lives in one per-request `Exchange` (`_edge.asgi_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
@@ -107,7 +108,7 @@ class ResilientMiddleware:
         # of their own: each coroutine layer costs about 0.3 µs a request.
         started = time.perf_counter()
         root_path = scope.get("root_path", "")  # before a mount's router extends it
-        headers = dict(scope["headers"])
+        headers = dict(scope.get("headers") or ())  # required by the spec, yet hosts serve scopes without
         ex = Exchange(receive, send)
         bound = None
         if self._request_id_header is not None:
@@ -133,7 +134,7 @@ class ResilientMiddleware:
         if scope["type"] != "websocket" or header is None:
             await self.app(scope, receive, send)
             return
-        bound = bind_request_id(accept_request_id(dict(scope["headers"]).get(header)))
+        bound = bind_request_id(accept_request_id(dict(scope.get("headers") or ()).get(header)))
         try:
             await self.app(scope, receive, send)
         finally:
@@ -180,7 +181,7 @@ class ResilientMiddleware:
                 if gate is not None:
                     gate.release()
         except Exception as exc:
-            if await self._shield(exc, ex):
+            if await self._shield(exc, scope, ex):
                 raise
 
     @staticmethod
@@ -260,32 +261,40 @@ class ResilientMiddleware:
         peer = str(peer_info[0]) if peer_info else "unknown"
         clients = self._edge.clients
         if clients.enabled and clients.peer_is_trusted(peer):
-            raw = scope["headers"]
+            raw = scope.get("headers") or ()
             peer = clients.resolve(peer, _joined(raw, b"forwarded"), _joined(raw, b"x-forwarded-for"))
         ex.client = peer
         return peer
 
     # --- the error shield --------------------------------------------------------------------
 
-    async def _shield(self, exc: Exception, ex: Exchange) -> bool:
-        """Answer a failure; True when it must be re-raised (the server then drops the connection)."""
+    async def _shield(self, exc: Exception, scope: Scope, ex: Exchange) -> bool:
+        """Answer a failure; True when it must be re-raised.
+
+        The middleware's own refusals (the deadline's `TimeoutError`, the body limit's
+        `BodyTooLargeError`) are answered (504, 413) and end here, unless the response had
+        started (then the re-raise makes the server drop the connection). The app's own
+        exception is the host's: it is recorded once, answered with the bare 500 when no
+        response has started, and always re-raised, as Starlette's `ServerErrorMiddleware`
+        does, so the server logs it and a test client raises it. Two kinds are left to the
+        host untouched: an HTTP answer in exception form (a ``status_code`` below 500, as
+        Starlette's ``HTTPException`` and its body limit raise from outer layers), and any
+        exception when the app registered its own 500 handler (Starlette's
+        ``exception_handlers[500]`` or ``[Exception]``: its ``ServerErrorMiddleware`` answers).
+        """
         if isinstance(exc, TimeoutError) and ex.deadline_passed():
-            status = 504
             emit_rejection(504, ex.route_label)
-        elif isinstance(exc, BodyTooLargeError) or ex.body_too_large:
-            status = 413
-        else:
-            status = 500
-            ex.rejection = REJECTIONS[500]
-            report_unhandled(exc, ex.request_id, ex.span)
-            if not self.options.error_shield:
-                return True
-        if ex.complete:
-            return False  # the client has its whole response; the error is logged
-        if ex.started:
+            return await _refuse(ex, 504)
+        if isinstance(exc, BodyTooLargeError) or ex.body_too_large:
+            return await _refuse(ex, 413)
+        if _is_http_answer(exc):
             return True
-        await ex.reject(status)
-        return False
+        ex.rejection = REJECTIONS[500]
+        report_unhandled(exc, ex.request_id, ex.span)
+        if self.options.error_shield and not ex.started and not _host_answers_500(scope):
+            with contextlib.suppress(Exception):  # a client gone away: the app's error is what matters
+                await ex.reject(500)
+        return True
 
     # --- tracing and the access log ----------------------------------------------------------
 
@@ -336,6 +345,28 @@ class ResilientMiddleware:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _is_http_answer(exc: Exception) -> bool:
+    """An exception that is an HTTP answer for an outer handler (a ``status_code`` below 500)."""
+    status = getattr(exc, "status_code", None)
+    return type(status) is int and 400 <= status < 500
+
+
+def _host_answers_500(scope: Scope) -> bool:
+    """Whether the app registered its own handler for unhandled errors (Starlette, FastAPI)."""
+    handlers = getattr(scope.get("app"), "exception_handlers", None)
+    return isinstance(handlers, dict) and (500 in handlers or Exception in handlers)
+
+
+async def _refuse(ex: Exchange, status: int) -> bool:
+    """Answer with our own refusal; True when too late for it (a response started: re-raise)."""
+    if ex.complete:
+        return False
+    if ex.started:
+        return True
+    await ex.reject(status)
+    return False
 
 
 def _joined(raw_headers: Any, name: bytes) -> str | None:

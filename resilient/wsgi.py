@@ -10,10 +10,11 @@ The options and the behaviour are those of `resilient.asgi.ResilientMiddleware`,
 difference imposed by WSGI: a worker thread cannot be interrupted. The deadline is
 cooperative (see `ResilientWSGIMiddleware`).
 
-Each request runs in its own copy of the thread's context (`contextvars.copy_context`):
-the request id, the deadline and the span are set there, for the app call and for every
-step of its response iterable, and vanish with it; nothing leaks into the next request the
-worker thread serves.
+The app runs in the caller's own context, as it would without the middleware (Flask's
+preserved test contexts and ``stream_with_context`` rely on that). The middleware sets only
+its own context variables (the request id, the deadline, the span) around the app call and
+around each step of the response iterable, and resets them after each: nothing of its
+leaks into the next request the worker thread serves, and nothing the app set is touched.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
+
+from opentelemetry import context as otel_context
 
 from resilient import deadline
 from resilient._edge.core import (
@@ -45,6 +48,7 @@ from resilient._edge.telemetry import (
     report_unhandled,
     server_span_attributes,
     start_server_span,
+    unbind_request_id,
 )
 from resilient._edge.wsgi_limits import BodyTooLargeError, LimitedInput, SyncGate
 from resilient._edge.wsgi_request import Environ, Exchange, RequestState, Response, StartResponse
@@ -80,6 +84,11 @@ class ResilientWSGIMiddleware:
 
     The in-flight slot is held until the response is complete (or closed), so a slow
     handler keeps counting against ``max_in_flight``: the limit bounds busy threads.
+
+    **Unhandled exceptions** keep the host's propagation: the bare 500 is written through
+    the server's ``write`` (so no server or debugger can replace it with a traceback page),
+    then the original exception is re-raised, for the server to log and a test client to
+    raise (``docs/middleware.md``, "The error shield").
     """
 
     def __init__(self, app: WSGIApp, /, **options: Any) -> None:
@@ -101,15 +110,19 @@ class ResilientWSGIMiddleware:
             request_id = accept_request_id(environ.get(self._request_id_environ))
             headers = [(self._response_id_name, request_id)]
         state = RequestState(self, environ, Exchange(environ, start_response, request_id, headers))
-        return state.context.run(self._handle, state)
+        ids = None if request_id is None else bind_request_id(request_id)
+        try:
+            return self._handle(state)
+        finally:
+            state.unbind_call()
+            if ids is not None:
+                unbind_request_id(ids)
 
-    # --- inside the request's context --------------------------------------------------------
+    # --- the app call --------------------------------------------------------------------------
 
     def _handle(self, state: RequestState) -> Iterable[bytes]:
-        """Bind the request context, check admission, call the app: all under the shield."""
+        """Check admission and call the app, under the shield (the request id is bound)."""
         ex = state.ex
-        if ex.request_id is not None:
-            bind_request_id(ex.request_id)  # never unbound: the context is the request's own copy
         if self._tracing:
             self._start_span(state)
         response = Response(self, state)
@@ -117,10 +130,10 @@ class ResilientWSGIMiddleware:
             return self._protect(state, response)
         except Exception as exc:
             status = self.failure_status(exc, state)
-            if status is None:
-                state.finish()
-                raise
-            return response.serve_own(ex.reject(status))
+            if status is not None and not ex.sent:
+                return response.serve_own(ex.reject(status))
+            state.fail(answer=status is None)
+            raise
 
     def _protect(self, state: RequestState, response: Response) -> Iterable[bytes]:
         environ, ex = state.environ, state.ex
@@ -183,11 +196,9 @@ class ResilientWSGIMiddleware:
         outer = deadline._DEADLINE.get()
         if outer is not None and outer < instant:
             instant = outer
-        # Set directly rather than through `deadline.scope`: this context is the request's own
-        # copy, discarded with it, so there is nothing to restore (and a generator-based scope
-        # left open across the response iterable would be closed by the garbage collector in
-        # another context).
-        deadline._DEADLINE.set(instant)
+        # Set directly rather than through `deadline.scope`: `__call__` resets it when the app
+        # returns, and each step of the response iterable sets it again (`RequestState.bind`).
+        state.deadline_token = deadline._DEADLINE.set(instant)
         state.ex.deadline = instant
         return timeout > 0
 
@@ -214,7 +225,10 @@ class ResilientWSGIMiddleware:
     # --- failures ----------------------------------------------------------------------------
 
     def failure_status(self, exc: Exception, state: RequestState) -> int | None:
-        """Our status for a failure before the response started; None: re-raise it untouched."""
+        """Our status for the middleware's own refusal (504, 413); None for the app's exception.
+
+        The app's exception is recorded here (log line, span), once; the caller re-raises it.
+        """
         ex = state.ex
         if isinstance(exc, TimeoutError) and ex.deadline_passed():
             emit_rejection(504, ex.route_label)
@@ -223,10 +237,13 @@ class ResilientWSGIMiddleware:
             return 413
         ex.rejection = REJECTIONS[500]
         report_unhandled(exc, ex.request_id, ex.span)
-        if not self.options.error_shield:
-            ex.status = 500  # what the server will answer; for the access log
-            return None
-        return 500
+        ex.status = 500  # what the client gets, from us or from the server; for the access log
+        return None
+
+    @property
+    def error_shield(self) -> bool:
+        """Whether the app's unhandled exceptions are answered with our bare 500."""
+        return self.options.error_shield
 
     # --- tracing and the access log ----------------------------------------------------------
 
@@ -245,8 +262,8 @@ class ResilientWSGIMiddleware:
             host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
             request_id=ex.request_id,
         )
-        ex.span, _ = start_server_span(tracer, attributes, environ, WSGI_HEADERS)
-        # The token is never detached: the context it was attached in is the request's own.
+        ex.span, state.otel_token = start_server_span(tracer, attributes, environ, WSGI_HEADERS)
+        state.otel_context = otel_context.get_current()  # made current again for each step of the body
 
     def finish(self, state: RequestState) -> None:
         """End the span, then write the access-log line (the span still current: trace ids join)."""

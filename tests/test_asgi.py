@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, set_span_in_context
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -80,8 +81,10 @@ def fastapi_app(**options: Any) -> FastAPI:
     return app
 
 
-def client_for(app: Any, peer: str = "127.0.0.1") -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(peer, 5000)), base_url="http://testserver")
+def client_for(app: Any, peer: str = "127.0.0.1", *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    """A client calling `app` in process; like a server, it sees the response and not the error when told."""
+    transport = httpx.ASGITransport(app=app, client=(peer, 5000), raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
 def our_server_span(spans: InMemorySpanExporter) -> ReadableSpan:
@@ -265,7 +268,7 @@ async def test_a_request_without_trace_headers_starts_a_trace(spans: InMemorySpa
 
 async def test_unhandled_error_is_recorded_on_the_span_redacted(spans: InMemorySpanExporter) -> None:
     """The span gets the exception with its secret masked, and an error status."""
-    async with client_for(fastapi_app()) as client:
+    async with client_for(fastapi_app(), raise_app_exceptions=False) as client:
         await client.get("/boom")
     span = our_server_span(spans)
     assert span.status.status_code is StatusCode.ERROR
@@ -301,7 +304,7 @@ async def test_unhandled_error_becomes_a_bare_500(
     events: list[instrumentation.Event] = []
     instrumentation.add_listener(events.append)
     try:
-        async with client_for(fastapi_app()) as client:
+        async with client_for(fastapi_app(), raise_app_exceptions=False) as client:
             response = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
     finally:
         instrumentation.remove_listener(events.append)
@@ -313,6 +316,40 @@ async def test_unhandled_error_becomes_a_bare_500(
     assert access[0].fields["status"] == 500
     assert access[0].level == 40
     assert "sk_live_abcdefghij" not in caplog.text
+
+
+async def test_unhandled_error_is_answered_then_reraised_once_recorded() -> None:
+    """After the bare 500 the app's own exception goes on to the server, recorded by us exactly once."""
+    events: list[instrumentation.Event] = []
+    instrumentation.add_listener(events.append)
+    try:
+        async with client_for(fastapi_app()) as client:
+            with pytest.raises(RuntimeError, match="upstream said") as raised:
+                await client.get("/boom")
+    finally:
+        instrumentation.remove_listener(events.append)
+    [unhandled] = [event for event in events if event.name == "http.unhandled_error"]
+    assert unhandled.error is raised.value
+    [access] = [event for event in events if event.name == "http.access"]
+    assert access.fields["status"] == 500
+
+
+async def test_a_failing_background_task_reaches_the_server() -> None:
+    """An exception after the response completed is re-raised too, as it would be without the middleware."""
+
+    async def later() -> None:
+        raise RuntimeError("background")
+
+    async def handler(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("done", background=BackgroundTask(later))
+
+    app = Starlette(routes=[Route("/", handler)], middleware=[Middleware(ResilientMiddleware)])
+    async with client_for(app) as client:
+        with pytest.raises(RuntimeError, match="background"):
+            await client.get("/")
+    async with client_for(app, raise_app_exceptions=False) as client:
+        response = await client.get("/")
+    assert (response.status_code, response.text) == (200, "done")
 
 
 async def test_handled_errors_keep_the_apps_own_answer() -> None:

@@ -8,6 +8,7 @@ non-UTF-8 paths, lying Content-Length values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -123,7 +124,8 @@ def call_asgi(app: Starlette, probe: Probe) -> Reply:
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    asyncio.run(app(scope, receive, send))
+    with contextlib.suppress(RuntimeError):  # the app's own error, re-raised after the 500: a server logs it
+        asyncio.run(app(scope, receive, send))
     start = next(message for message in sent if message["type"] == "http.response.start")
     headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in start["headers"]]
     body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
@@ -156,18 +158,23 @@ def call_wsgi(app: ResilientWSGIMiddleware, probe: Probe) -> Reply:
     if probe.chunks and "CONTENT_LENGTH" not in environ:
         environ["wsgi.input_terminated"] = True  # a server that de-chunked the body
     started: list[tuple[str, list[tuple[str, str]]]] = []
+    written: list[bytes] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         started.append((status, headers))
-        return lambda _data: None
+        return written.append
 
-    iterable = app(environ, start_response)
     try:
-        body = b"".join(iterable)
-    finally:
-        close = getattr(iterable, "close", None)
-        if close is not None:
-            close()
+        iterable = app(environ, start_response)
+        try:
+            written.extend(iterable)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+    except RuntimeError:  # the app's own error, re-raised after the 500 was written: a server logs it
+        pass
+    body = b"".join(written)
     status, headers = started[-1]
     return Reply(int(status[:3]), [(name.lower(), value) for name, value in headers], body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import threading
 import time
 import weakref
@@ -24,7 +25,7 @@ from resilient import DeadlineExceededError, deadline, instrumentation
 from resilient._kernel.context import current_request_id
 from resilient.wsgi import ResilientWSGIMiddleware, RouteOptions
 
-from ._wsgi_server import serve_wsgi
+from ._wsgi_server import serve_once, serve_wsgi
 from .test_bulkhead import NotifyingQueue
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -157,11 +158,27 @@ def test_unhandled_error_becomes_a_bare_500(
     access: list[instrumentation.Event], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client gets a JSON 500 with the request id only; the log line has no secret."""
-    response = client().get("/boom", headers={"X-Request-ID": "boom-1"})
-    assert response.status_code == 500
-    assert response.json == {"error": "internal_error", "request_id": "boom-1"}
+    served = serve_once(flask_app(), "/boom", headers={"X-Request-ID": "boom-1"})
+    assert served.status == 500
+    assert json.loads(served.body) == {"error": "internal_error", "request_id": "boom-1"}
     assert access[0].fields["rejection"] == "internal_error"
     assert "sk_live_abcdefghij" not in caplog.text
+
+
+def test_unhandled_error_is_answered_then_reraised_once_recorded() -> None:
+    """After the bare 500 is written, the app's own exception goes on to the server, recorded once."""
+    events: list[instrumentation.Event] = []
+    instrumentation.add_listener(events.append)
+    try:
+        served = serve_once(flask_app(), "/boom")
+        with pytest.raises(RuntimeError, match="upstream said") as raised:
+            client().get("/boom")  # Flask propagating: its test client raises, as without the middleware
+    finally:
+        instrumentation.remove_listener(events.append)
+    assert served.status == 500
+    assert isinstance(served.error, RuntimeError)
+    unhandled = [event.error for event in events if event.name == "http.unhandled_error"]
+    assert unhandled == [served.error, raised.value]
 
 
 def test_handled_errors_keep_the_apps_own_answer() -> None:

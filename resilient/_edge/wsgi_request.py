@@ -1,11 +1,12 @@
 """One WSGI request: its state, its ``start_response``, its response iterable.
 
 `RequestState` is what a request carries from `ResilientWSGIMiddleware.__call__` into the
-`Response` handed to the server: the request's own context copy, its `Exchange`, its route
-plan and in-flight slot. `Exchange` wraps the app's ``start_response`` (the status and
-headers are held back until the body starts, so the response can still be replaced);
-`Response` runs every step in the request's context, enforces the deadline between
-chunks, counts the bytes sent and finishes the request once, however it ended.
+`Response` handed to the server: its `Exchange`, its route plan and in-flight slot, and the
+values of the middleware's context variables. `Exchange` wraps the app's ``start_response``
+(the status and headers are held back until the body starts, so the response can still be
+replaced); `Response` sets those variables around every step (in whatever context the
+server iterates in, never a copy of its own), enforces the deadline between chunks, counts
+the bytes sent and finishes the request once, however it ended.
 
 The middleware is reached only through `_RequestOwner`, the two methods called back, so
 this module never imports `resilient.wsgi`.
@@ -14,18 +15,28 @@ this module never imports `resilient.wsgi`.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from opentelemetry import context as otel_context
+
+from resilient import deadline
 from resilient._edge.core import ERRORS, REJECTIONS, RoutePlan, error_body, error_headers
-from resilient._edge.telemetry import emit_rejection, report_unhandled
+from resilient._edge.telemetry import (
+    RequestIdTokens,
+    bind_request_id,
+    emit_rejection,
+    report_unhandled,
+    unbind_request_id,
+)
 from resilient._edge.wsgi_limits import LimitedInput, SyncGate
 from resilient._kernel.errors import DeadlineExceededError
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.trace import Span
 
 __all__ = ["Environ", "Exchange", "RequestState", "Response", "StartResponse"]
@@ -43,6 +54,9 @@ class _RequestOwner(Protocol):
     """What a request calls back in the middleware that admitted it (`ResilientWSGIMiddleware`)."""
 
     def failure_status(self, exc: Exception, state: RequestState) -> int | None: ...
+
+    @property
+    def error_shield(self) -> bool: ...
 
     def finish(self, state: RequestState) -> None: ...
 
@@ -129,6 +143,20 @@ class Exchange:
         self.sent_bytes = len(body)
         return body
 
+    def answer_now(self, status: int) -> None:
+        """Send our error response at once, through the server's ``write``, before an error is re-raised.
+
+        Written rather than returned: the exception then reaches the server (or test client)
+        with the response already sent, so the server logs it and closes the connection
+        instead of answering with its own error page (PEP 3333: ``start_response`` with
+        ``exc_info`` re-raises once the headers are out).
+        """
+        body = self.reject(status)
+        self.complete = True
+        self.ended = time.perf_counter()
+        if self.write is not None:
+            self.write(body)
+
     def deadline_passed(self) -> bool:
         """Whether this request's deadline (if any) has passed."""
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -142,7 +170,7 @@ def _status_code(status: str) -> int:
 class Response:
     """The iterable handed to the server: the app's body, or our error body, then the finish.
 
-    Every step runs in the request's context. The app's status and headers reach the server
+    Every step runs with the request's context variables set. The app's status and headers reach the server
     with its first chunk (or at the end of an empty body), so until then the response can
     still be replaced by a 413, 504 or 500.
     """
@@ -169,7 +197,12 @@ class Response:
         return self
 
     def __next__(self) -> bytes:
-        return self._state.context.run(self._next)
+        state = self._state
+        tokens = state.bind()
+        try:
+            return self._next()
+        finally:
+            state.unbind(tokens)
 
     def _next(self) -> bytes:
         if self._own is not None:
@@ -190,19 +223,37 @@ class Response:
         except StopIteration:
             chunk = None
         except Exception as exc:
-            return self._fail_before_start(exc)
+            refusal = self._fail_before_start(exc)
+            if refusal is None:
+                raise
+            return refusal
         status = ex.replacement()
         if status is not None:
             return self._replace(status)
         try:
             ex.send_app_start()
         except Exception as exc:
-            return self._fail_before_start(exc)
+            refusal = self._fail_before_start(exc)
+            if refusal is None:
+                raise
+            return refusal
         if chunk is None:
             self._done()
             raise StopIteration
         ex.sent_bytes += len(chunk)
         return chunk
+
+    def _fail_before_start(self, exc: Exception) -> bytes | None:
+        """The body failed before it started: our refusal's body (413, 504), or None for the
+        app's own exception, answered with the bare 500 and for the caller to re-raise."""
+        self._close_app()
+        state = self._state
+        status = self._middleware.failure_status(exc, state)
+        if status is None:
+            state.fail(answer=True)
+            return None
+        self._iterator = None
+        return state.ex.reject(status)
 
     def _next_streaming(self, iterator: Iterator[bytes]) -> bytes:
         """A later chunk: the stream is cut (the server closes the connection) past the deadline."""
@@ -228,17 +279,6 @@ class Response:
         self._close_app()
         if status == 504:
             emit_rejection(504, self._state.ex.route_label)
-        return self._serve_error(status)
-
-    def _fail_before_start(self, exc: Exception) -> bytes:
-        self._close_app()
-        status = self._middleware.failure_status(exc, self._state)
-        if status is None:
-            self._done()
-            raise exc
-        return self._serve_error(status)
-
-    def _serve_error(self, status: int) -> bytes:
         self._iterator = None
         return self._state.ex.reject(status)
 
@@ -257,7 +297,12 @@ class Response:
 
     def close(self) -> None:
         """Close the app's iterable and finish the request (idempotent)."""
-        self._state.context.run(self._close)
+        state = self._state
+        tokens = state.bind()
+        try:
+            self._close()
+        finally:
+            state.unbind(tokens)
 
     def _close(self) -> None:
         try:
@@ -271,24 +316,88 @@ class Response:
         # slot forever (CPython collects it as soon as it is dropped).
         if not self._state.finished:
             with contextlib.suppress(Exception):
-                self._state.context.run(self._close)
+                self.close()
+
+
+#: The tokens of one `RequestState.bind`: the request id's, the deadline's, the span context's.
+_Tokens = tuple["RequestIdTokens | None", "Token[float | None] | None", "Token[Any] | None"]
 
 
 class RequestState:
-    """Everything one request needs after `__call__` returned: context, exchange, plan, span."""
+    """Everything one request needs after `__call__` returned: exchange, plan, slot, span context."""
 
-    __slots__ = ("context", "environ", "ex", "finished", "gate", "middleware", "plan", "started", "timeout")
+    __slots__ = (
+        "deadline_token",
+        "environ",
+        "ex",
+        "finished",
+        "gate",
+        "middleware",
+        "otel_context",
+        "otel_token",
+        "plan",
+        "started",
+        "timeout",
+    )
 
     def __init__(self, middleware: _RequestOwner, environ: Environ, ex: Exchange) -> None:
         self.middleware = middleware
         self.environ = environ
         self.ex = ex
-        self.context = contextvars.copy_context()
         self.started = time.perf_counter()
         self.finished = False
         self.gate: SyncGate | None = None
         self.plan: RoutePlan[SyncGate] | None = None
         self.timeout: float | None = None
+        #: Set while the app is called; reset by `unbind_call` when it returns.
+        self.deadline_token: Token[float | None] | None = None
+        self.otel_token: Token[Any] | None = None
+        #: The OpenTelemetry context holding the SERVER span, made current again for each step.
+        self.otel_context: otel_context.Context | None = None
+
+    def unbind_call(self) -> None:
+        """The app returned: reset the deadline and the span context set for its call."""
+        if self.otel_token is not None:
+            otel_context.detach(self.otel_token)
+            self.otel_token = None
+        if self.deadline_token is not None:
+            deadline._DEADLINE.reset(self.deadline_token)
+            self.deadline_token = None
+
+    def bind(self) -> _Tokens:
+        """Set the middleware's context variables for one step of the body, in the current context."""
+        ex = self.ex
+        request_id, instant, context = ex.request_id, ex.deadline, self.otel_context
+        return (
+            None if request_id is None else bind_request_id(request_id),
+            None if instant is None else deadline._DEADLINE.set(instant),
+            None if context is None else otel_context.attach(context),
+        )
+
+    @staticmethod
+    def unbind(tokens: _Tokens) -> None:
+        """Undo `bind`: the variables are back to what they were before the step."""
+        ids, instant, context = tokens
+        if context is not None:
+            otel_context.detach(context)
+        if instant is not None:
+            deadline._DEADLINE.reset(instant)
+        if ids is not None:
+            unbind_request_id(ids)
+
+    def fail(self, *, answer: bool) -> None:
+        """The request ends with an exception the caller re-raises (recorded already).
+
+        With ``answer`` (the app's own exception) and the shield on, the bare 500 is sent
+        first if nothing went out yet; either way the request is finished.
+        """
+        ex = self.ex
+        try:
+            if answer and not ex.sent and self.middleware.error_shield:
+                with contextlib.suppress(Exception):  # a client gone away: the app's error is what matters
+                    ex.answer_now(500)
+        finally:
+            self.finish()
 
     def failed_after_start(self, exc: Exception) -> None:
         """An error once the response went out: logged; the server drops the connection."""

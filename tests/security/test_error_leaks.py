@@ -23,6 +23,7 @@ from werkzeug.test import Client
 
 from resilient.asgi import ResilientMiddleware
 from resilient.wsgi import ResilientWSGIMiddleware
+from tests._wsgi_server import serve_once
 
 from ._support import BEARER, PASSWORD, LogSink, leaked, spans_text
 
@@ -128,14 +129,19 @@ def failing_body_app(environ: dict[str, Any], start_response: Callable[..., Any]
 
 @pytest.mark.parametrize("app", ["flask-propagating", "raw-wsgi", "failing-body"])
 def test_wsgi_500_leaks_nothing(app: str, log_sink: LogSink, spans: InMemorySpanExporter) -> None:
-    """WSGI: the 500 body has no exception text, traceback or secret; logs and spans have no secret."""
+    """WSGI: the 500 body has no exception text, traceback or secret; logs and spans have no secret.
+
+    Driven as a server drives it: the 500 is on the wire before the app's exception, re-raised
+    so the server logs it, reaches the server.
+    """
     if app == "flask-propagating":
-        client = Client(flask_app(propagate=True))
+        wsgi: Any = flask_app(propagate=True)
     else:
-        client = Client(ResilientWSGIMiddleware(raw_wsgi_app if app == "raw-wsgi" else failing_body_app))
-    response = client.get("/orders", headers={"X-Request-ID": "leak-2"})
-    check_response(response.status_code, response.headers.items(), response.data)
-    assert json.loads(response.data) == {"error": "internal_error", "request_id": "leak-2"}
+        wsgi = ResilientWSGIMiddleware(raw_wsgi_app if app == "raw-wsgi" else failing_body_app)
+    served = serve_once(wsgi, "/orders", headers={"X-Request-ID": "leak-2"})
+    check_response(served.status, served.headers, served.body)
+    assert json.loads(served.body) == {"error": "internal_error", "request_id": "leak-2"}
+    assert isinstance(served.error, DatabaseDown)
     check_telemetry(log_sink, spans)
 
 
