@@ -140,7 +140,11 @@ def wsgi_app(**options: Any) -> ResilientWSGIMiddleware:
 
 
 def wsgi_environ(headers: Iterable[tuple[bytes, bytes]], body: bytes, path: str, peer: str) -> dict[str, Any]:
-    """A PEP 3333 environ; header values are latin-1 text, as servers decode them."""
+    """A PEP 3333 environ; header values are latin-1 text, as servers decode them.
+
+    As a server does, ``wsgi.input`` holds no more than a valid Content-Length declares (PEP
+    3333: the app must not read past it, and the servers' streams end there).
+    """
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "POST",
         "SCRIPT_NAME": "",
@@ -162,6 +166,9 @@ def wsgi_environ(headers: Iterable[tuple[bytes, bytes]], body: bytes, path: str,
     for name, value in headers:
         key = name.decode("latin-1").upper().replace("-", "_")
         environ[key if key in {"CONTENT_LENGTH", "CONTENT_TYPE"} else f"HTTP_{key}"] = value.decode("latin-1")
+    declared = environ.get("CONTENT_LENGTH", "").strip(" \t")
+    if declared.isascii() and declared.isdigit() and len(declared) < 10:
+        environ["wsgi.input"] = io.BytesIO(body[: int(declared)])
     return environ
 
 
