@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from resilient import deadline
 from resilient._engine.policy import Policy, resilient
+from resilient._kernel.context import current_request_id
 from resilient._kernel.errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -45,6 +46,7 @@ __all__ = [
     "RetryBudget",
     "Timeout",
     "configure_storage",
+    "current_request_id",
     "deadline",
     "resilient",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ HEADER = "x-resilient-deadline-ms"
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("resilient_deadline", default=None)
 
 _MAX_HEADER_MS = 86_400_000  # one day: anything larger is nonsense, not a deadline
+# ASCII digits only, at most 12, with optional spaces or tabs around (RFC 9110 OWS).
+# ``str.isdigit`` also accepts "²", which `int` refuses, and other scripts' digits.
+_HEADER_RE = re.compile(r"[ \t]*([0-9]{1,12})[ \t]*")
 
 
 def current() -> float | None:
@@ -86,10 +90,10 @@ def parse_header(value: str | bytes | None) -> float | None:
     if value is None:
         return None
     text = value.decode("latin-1") if isinstance(value, bytes) else value
-    text = text.strip()
-    if not text.isdigit() or len(text) > 12:
+    match = _HEADER_RE.fullmatch(text)
+    if match is None:
         return None
-    millis = int(text)
+    millis = int(match[1])
     if millis > _MAX_HEADER_MS:
         return None
     return millis / 1000.0

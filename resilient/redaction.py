@@ -9,13 +9,15 @@ Two complementary layers:
   with credentials).
 
 Masking format: a secret becomes ``***``; when it is at least 16 characters long the last 4
-are kept (``***wxyz``) so two log lines can be matched to the same credential. What is public
+are kept (``***wxyz``) so two log lines can be matched to the same credential. Nothing of a
+shorter secret is kept, nor of ``Basic`` credentials (their base64 ends with the password). What is public
 by construction is kept as a debugging hint: the auth scheme (``Bearer ***``), the user name
 of a URL, the fixed type prefix of a vendor token (``ghp_***wxyz``), cookie names.
 
 Every pattern is compiled at import; `redact_text` first checks for a few trigger substrings
 so that text without any hint of a secret is returned as is in a few microseconds, and every
 pattern is written to stay linear on hostile input (long or repeated lookalikes).
+`redact_text` is idempotent: its output redacted again is unchanged.
 """
 
 from __future__ import annotations
@@ -252,20 +254,23 @@ _PEM_RE: Final = re.compile(
     r"(?P<begin>-----BEGIN (?P<kind>[A-Z0-9 ]*)PRIVATE KEY-----)(?!\*\*\*)"
     r"(?:[^-]|-(?!----))*+(?P<end>-----END (?P=kind)PRIVATE KEY-----)?"
 )
-# Absolute URLs inside text, up to whitespace or a quote. The scheme is bounded so that a long
-# dotted word ("a.b.c...") cannot make the search quadratic.
+# URLs inside text, up to whitespace or a quote. The scheme is bounded so that a long dotted
+# word ("a.b.c...") cannot make the search quadratic, and optional: a URL glued to a word
+# longer than a scheme ("...xyzhttps://user:pw@host") is still found from its "//".
 _URL_IN_TEXT_RE: Final = re.compile(
-    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}"  # scheme
-    r"://[^\s\"'<>`]+"
+    r"(?:(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}:)?"  # scheme
+    r"//[^\s\"'<>`]+"
 )
 
 # Credentials after an auth scheme. Prose such as "the Bearer scheme" must survive, so the
-# credential must look machine-made: 8+ characters with a digit, an inner capital or one of
-# "+/=" (base64), and end the word; "dXNlcjpwYXNz" and "abc123..." qualify, "authentication"
-# does not, nor "cache_key=1" (the next key=value pair of a log line).
+# credential must look machine-made and end the word: 8+ characters with a digit, an inner
+# capital or one of "+/=" (base64), or 3+ with a letter and a digit or an inner "." "_" "~"
+# (``abc.def``, ``k9x``). "dXNlcjpwYXNz", "abc.def" and "abc123" qualify; "authentication",
+# "token.", "512" do not, nor "cache_key=1" (the next key=value pair of a log line).
+_TOKEN68: Final = r"[A-Za-z0-9._~+/-]"
 _CREDENTIAL: Final = (
-    r"(?=[A-Za-z0-9._~+/-]*(?:[0-9]|[a-z][A-Z]|[+/=]))"  # looks machine-made
-    r"[A-Za-z0-9._~+/-]{8,}=*"  # token68 (RFC 9110)
+    rf"(?:(?={_TOKEN68}*(?:[0-9]|[a-z][A-Z]|[+/=])){_TOKEN68}{{8,}}=*"  # long and machine-made
+    rf"|(?={_TOKEN68}*[A-Za-z])(?={_TOKEN68}*(?:[0-9]|[A-Za-z0-9][._~][A-Za-z0-9])){_TOKEN68}{{3,}}=*)"  # short
     r"(?![^\s,;\"')\]}])"  # ends the word
 )
 _SCHEMES: Final = r"Bearer|Basic|Token|Digest|Negotiate|ApiKey"
@@ -279,9 +284,33 @@ _KEY_SEPARATOR_RE: Final = re.compile(
     r"[\"']?[ \t]*[=:][ \t]*"  # closing quote of a JSON or repr key, then = or :
 )
 _PAIR_VALUE_RE: Final = re.compile(
-    rf"(?:(?i:{_SCHEMES})[ \t]+)?"
+    rf"(?:(?P<scheme>(?i:{_SCHEMES}))[ \t]+)?"
     r"(?:\"(?P<double>[^\"\n]*)\"|'(?P<single>[^'\n]*)'|(?P<bare>[^\s\"'&,;)}\]]+))"
 )
+
+# After a secret-valued name, what says the value was not the value but the next secret's
+# name: an ``=`` or ``:`` after it (``credentials: 'api_key': '...'``, ``creds: api_key: ...``).
+_NAME_THEN_SEPARATOR_RE: Final = re.compile(r"[\"']?(?P<name>[A-Za-z_][\w.-]*)[\"']?[ \t]*[=:]")
+_MAX_NAME: Final = 64  # longer "names" are not names (and would fill the name cache)
+
+# "password hunter2", "token is abc123": a name that holds a secret (password, secret, token,
+# an api key...), a space, an optional "is"/"was", then a quoted value or one that looks
+# machine-made (5+ characters with a digit, a symbol or an inner capital). Prose such as "the
+# password field is required" or "token expired" has no such value and is kept.
+_BARE_NAME: Final = r"[A-Za-z_][\w.-]*"
+_BARE_PAIR_RE: Final = re.compile(
+    r"(?<![\w./-])(?=[\w.-]*?(?i:pass|pwd|secret|token|key))"  # cheap in C: names without a hint are skipped
+    rf"(?P<key>{_BARE_NAME})[ \t]+(?:(?:is|was)[ \t]+)?"
+    r"(?:\"(?P<double>[^\"\n]+)\"|'(?P<single>[^'\n]+)'"
+    r"|(?P<bare>(?=[^\s\"'<>,;:=()\[\]{}*]*(?:[0-9]|[!@#$%^&+/~_?]|[a-z][A-Z]))[^\s\"'<>,;:=()\[\]{}*]{5,}+))"
+    r"(?![^\s,;\"')\]}])"  # the value ends the word
+)
+#: Names whose value may follow without ``=`` or ``:``; ``auth``, ``session`` or ``cookie``
+#: followed by a word are nearly always prose ("auth v2 failed").
+_BARE_SECRET_WORDS: Final = frozenset(
+    {"password", "passwords", "passwd", "pwd", "passphrase", "secret", "token", "apikey", "accesskey",
+     "secretkey", "privatekey", "accesstoken", "refreshtoken", "authtoken", "clientsecret"}
+)  # fmt: skip
 
 # Vendor tokens as (public prefix, secret body): the prefix names the kind of token and is
 # kept, the body is masked. A token must start a word.
@@ -314,15 +343,37 @@ def redact_text(value: str) -> str:
        (``AKIA``/``ASIA`` + 16), GitHub (``ghp_``, ``gho_``, ``github_pat_``...), Slack
        (``xoxb-``...), Stripe (``sk_live_``, ``sk_test_``, ``rk_live_``), Google (``AIza…``).
 
+    Pairs without ``=`` or ``:`` count when the name holds a password, secret, token or key and
+    the value is quoted or looks machine-made (``password hunter2``, ``token is abc123``).
+
     Text with none of the trigger substrings is returned unchanged without running the rules.
+    The rules run again over their own output until nothing changes (twice, nearly always), so
+    a mask that brings a secret into one rule's view is caught, and redacting the result again
+    changes nothing.
     """
     if not _may_hold_secret(value):
         return value
+    for _ in range(_MAX_PASSES):
+        redacted = _redact_once(value)
+        if redacted == value:
+            break
+        value = redacted
+    return value
+
+
+#: Passes of `redact_text` before it stops looking for a fixed point (each pass only masks,
+#: and a mask is never matched again: two passes nearly always suffice).
+_MAX_PASSES: Final = 8
+
+
+def _redact_once(value: str) -> str:
+    """One pass of every rule of `redact_text`, in order."""
     value = _PEM_RE.sub(_mask_pem, value)
     value = _URL_IN_TEXT_RE.sub(_mask_url_match, value)
     value = _mask_key_values(value)
     value = _AUTH_SCHEME_RE.sub(_mask_auth_scheme, value)
-    return _redact_token_shapes(value)
+    value = _redact_token_shapes(value)
+    return _mask_bare_pairs(value)  # last: a token shape keeps its prefix
 
 
 def _redact_token_shapes(value: str) -> str:
@@ -351,19 +402,67 @@ def _mask_key_values(text: str) -> str:
         position = pair.end()
         if not is_secret_key(pair["key"]):
             continue
+        if _names_next_secret(text, position):
+            continue  # the "value" is the next secret's name: that pair is searched from here
         value = _PAIR_VALUE_RE.match(text, position)
         if value is None:
             continue
         group = next(name for name in ("double", "single", "bare") if value[name] is not None)
         start, end = value.span(group)
-        pieces += (text[done:start], _mask(value[group]))
+        scheme = value["scheme"]
+        secret = value[group]
+        masked = _mask_keeping_known_scheme(secret) if scheme is None else _mask_credential(scheme, secret)
+        pieces += (text[done:start], masked)
         done = position = end
     return "".join(pieces) + text[done:] if pieces else text
 
 
+def _names_bare_secret(name: str) -> bool:
+    """Whether a secret may follow `name` without ``=`` or ``:`` (password, token, api key...)."""
+    if not is_secret_key(name):
+        return False
+    words = _name_words(name)
+    return any(word in _BARE_SECRET_WORDS for word in words) or "key" in words
+
+
+def _mask_bare_pairs(text: str) -> str:
+    """Mask the value of ``password hunter2``; other ``word value`` pairs stay as they were.
+
+    A pair whose name holds no secret is searched again from its value, which may be the
+    name of the next pair (``the api_key Zq9...``).
+    """
+    pieces: list[str] = []
+    done = position = 0
+    while (pair := _BARE_PAIR_RE.search(text, position)) is not None:
+        if not _names_bare_secret(pair["key"]):
+            position = pair.end("key")
+            continue
+        group = next(name for name in ("double", "single", "bare") if pair[name] is not None)
+        start, end = pair.span(group)
+        pieces += (text[done:start], _mask(pair[group]))
+        done = position = end
+    return "".join(pieces) + text[done:] if pieces else text
+
+
+def _names_next_secret(text: str, position: int) -> bool:
+    """Whether the value at `position` is the name of the next secret pair (``creds: 'api_key': ...``).
+
+    Read only as far as a name goes, so a run of ``password=password=...`` stays linear.
+    """
+    name = _NAME_THEN_SEPARATOR_RE.match(text, position)
+    return name is not None and len(name["name"]) <= _MAX_NAME and is_secret_key(name["name"])
+
+
 def _mask_auth_scheme(match: re.Match[str]) -> str:
     """Keep the auth scheme, mask its credential."""
-    return match["scheme"] + match["space"] + _mask(match["secret"])
+    return match["scheme"] + match["space"] + _mask_credential(match["scheme"], match["secret"])
+
+
+def _mask_credential(scheme: str, secret: str) -> str:
+    """`_mask` for what follows an auth scheme: nothing kept of ``Basic`` (its base64 ends with the password)."""
+    if scheme.lower() == "basic" and not _ALREADY_MASKED_RE.fullmatch(secret):
+        return MASK
+    return _mask(secret)
 
 
 def _mask_token_shape(match: re.Match[str]) -> str:
@@ -436,7 +535,7 @@ def _mask_credentials(value: str) -> str:
     match = _AUTH_VALUE_RE.fullmatch(value.strip())
     if match is None:
         return _mask(value)
-    return match["scheme"] + match["space"] + _mask(match["rest"])
+    return match["scheme"] + match["space"] + _mask_credential(match["scheme"], match["rest"])
 
 
 def _mask_cookie_pair(match: re.Match[str]) -> str:
@@ -484,7 +583,7 @@ def _mask_keeping_known_scheme(value: str) -> str:
     match = _KNOWN_SCHEME_VALUE_RE.fullmatch(value)
     if match is None:
         return _mask(value)
-    return match["scheme"] + match["space"] + _mask(match["rest"])
+    return match["scheme"] + match["space"] + _mask_credential(match["scheme"], match["rest"])
 
 
 def _redact_unnamed(value: object, depth: int) -> object:

@@ -24,6 +24,7 @@ EXPORTED = [
     "RetryBudget",
     "Timeout",
     "configure_storage",
+    "current_request_id",
     "deadline",
     "resilient",
 ]
@@ -95,3 +96,24 @@ def test_unknown_attribute_raises_attribute_error() -> None:
     """A missing attribute raises AttributeError naming it."""
     with pytest.raises(AttributeError, match="no_such_thing"):
         _ = resilient.no_such_thing
+
+
+def test_current_request_id_lives_in_resilient() -> None:
+    """`resilient.current_request_id` reports `__module__ == "resilient"`, as the classes do."""
+    assert resilient.current_request_id.__module__ == "resilient"
+
+
+def test_current_request_id_is_none_outside_a_request() -> None:
+    """`resilient.current_request_id()` is None when no middleware bound an id."""
+    assert resilient.current_request_id() is None
+
+
+def test_current_request_id_reads_the_bound_id() -> None:
+    """`resilient.current_request_id()` returns the id the middleware bound for the request."""
+    from resilient._kernel.context import REQUEST_ID  # noqa: PLC0415 - the binding under test
+
+    token = REQUEST_ID.set("req-42")
+    try:
+        assert resilient.current_request_id() == "req-42"
+    finally:
+        REQUEST_ID.reset(token)

@@ -103,6 +103,8 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def _parse_ip(text: str) -> _Address | None:
     """An IP address from a forwarded hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``), or None."""
     text = text.strip().strip('"')
+    if "%" in text:
+        return None  # a zone id ("fe80::1%eth0") is free text: never part of a client key
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""
     elif text.count(":") == 1:
@@ -363,15 +365,26 @@ def effective_timeout(local: float | None, header_seconds: float | None) -> floa
     return header_seconds if local is None else min(local, header_seconds)
 
 
+# ASCII digits (``str.isdigit`` also accepts "²"), optional spaces or tabs around (RFC 9110 OWS).
+_CONTENT_LENGTH_RE: Final = re.compile(r"[ \t]*0*([0-9]+)[ \t]*")
+
+
 def content_length_verdict(value: bytes | str | None, limit: int) -> int | None:
-    """The status to answer before reading a body: 413 when declared too big, 400 when invalid."""
+    """The status to answer before reading a body: 413 when declared too big, 400 when invalid.
+
+    The digits are compared by count before they are converted: `int` refuses strings of more
+    than 4,300 digits, and a number longer than the limit is larger than it whatever it says.
+    """
     if value is None:
         return None
     text = value.decode("latin-1") if isinstance(value, bytes) else value
-    text = text.strip()
-    if not text.isdigit() or not text.isascii():
+    match = _CONTENT_LENGTH_RE.fullmatch(text)
+    if match is None:
         return 400
-    return 413 if int(text) > limit else None
+    digits = match[1]
+    if len(digits) > len(str(limit)):
+        return 413
+    return 413 if int(digits) > limit else None
 
 
 # --- error responses ---------------------------------------------------------------------

@@ -11,5 +11,13 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("resilie
 
 
 def current_request_id() -> str | None:
-    """The request id bound by the middleware for the current request, or None."""
+    """The id of the request being handled, or None outside a request.
+
+    Set by the ASGI and WSGI middleware for the whole request (the caller's well-formed
+    ``X-Request-ID`` or a generated one) and for a websocket connection; the same id is on
+    every log line of the request and is forwarded by the httpx transports.
+    """
     return REQUEST_ID.get()
+
+
+current_request_id.__module__ = "resilient"  # re-exported there

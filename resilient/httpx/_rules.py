@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Iterable
 from datetime import UTC
@@ -62,19 +63,28 @@ NOT_THE_HOSTS_FAULT: tuple[type[Exception], ...] = (
 )
 
 _MAX_RETRY_AFTER_TEXT = 64  # longer values are not a delay or a date: ignore them
+#: The longest wait a ``Retry-After`` can ask for. RFC 9110 section 1.2.2: a delta-seconds
+#: too large to represent is taken as 2**31 (68 years); the caller then gives up waiting
+#: (``max_retry_after``) or caps the wait by its deadline.
+_MAX_RETRY_AFTER_SECONDS = float(2**31)
+# Delta-seconds in ASCII digits (`float` also reads other scripts' digits and "1_000"),
+# leniently with a fraction or an exponent ("1.5", "1e3").
+_DELTA_SECONDS_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds a ``Retry-After`` value asks to wait, rounded up to the millisecond.
 
-    Accepts delta-seconds (``"120"``, leniently ``"1.5"``) and an HTTP-date (waited until,
-    measured against `now`, a `time.time()` value). Absent, malformed, negative or
-    non-finite values give None; a date in the past gives 0.0.
+    Accepts delta-seconds (``"120"``, leniently ``"1.5"`` or ``"1e3"``) and an HTTP-date
+    (waited until, measured against `now`, a `time.time()` value). Absent, malformed or
+    negative values give None; a date in the past gives 0.0. Never raises: a delay too large
+    to represent (``"1e306"``, a date in the year 9999) is capped at 2**31 seconds, never
+    shortened below that, so the caller never waits less than the server asked.
     """
     if value is None:
         return None
     text = value.strip()
-    if not text or len(text) > _MAX_RETRY_AFTER_TEXT:
+    if not text or len(text) > _MAX_RETRY_AFTER_TEXT or not text.isascii():
         return None
     seconds = _delta_seconds(text)
     if seconds is None:
@@ -82,27 +92,26 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds is None:
         return None
     # Round up so that we never wait less than the server asked (dotnet/extensions#7001).
-    return math.ceil(seconds * 1000) / 1000
+    return math.ceil(min(seconds, _MAX_RETRY_AFTER_SECONDS) * 1000) / 1000
 
 
 def _delta_seconds(text: str) -> float | None:
-    if not text[0].isdigit():
+    if _DELTA_SECONDS_RE.fullmatch(text) is None:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) else None
+    return float(text)  # finite or inf (capped by the caller); the pattern is what float reads
 
 
 def _seconds_until_date(text: str, now: float) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" parses zone-less; HTTP-dates are always GMT
         when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
+    try:
+        return max(when.timestamp() - now, 0.0)
+    except (OverflowError, ValueError):  # an instant out of the platform's range
+        return None
 
 
 def counts_as_failure(status: int) -> bool:

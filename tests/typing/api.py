@@ -29,6 +29,7 @@ from resilient import (
     Retry,
     RetryBudget,
     Timeout,
+    current_request_id,
     deadline,
     instrumentation,
     resilient,
@@ -208,6 +209,7 @@ assert_type(deadline.format_header(1.5), str)
 assert_type(deadline.parse_header(b"1500"), float | None)
 assert_type(deadline.HEADER, str)
 assert_type(rs.deadline, types.ModuleType)
+assert_type(current_request_id(), str | None)
 
 with testing.no_wait() as waits:
     assert_type(waits, list[float])

@@ -1,0 +1,1 @@
+"""Maintenance scripts run by hand (see docs/testing.md), not part of the package."""
