@@ -95,3 +95,20 @@ def test_unknown_attribute_raises_attribute_error() -> None:
     """A missing attribute raises AttributeError naming it."""
     with pytest.raises(AttributeError, match="no_such_thing"):
         _ = resilient.no_such_thing
+
+
+def test_config_surface_is_pinned() -> None:
+    """`resilient.config` exports exactly its documented names, shown under `resilient.config`."""
+    from resilient import config  # noqa: PLC0415 - the public sub-module under test
+
+    assert config.__all__ == [
+        "Config",
+        "ConfigError",
+        "current",
+        "httpx_options",
+        "load",
+        "middleware_options",
+        "policy",
+        "use",
+    ]
+    assert config.Config.__module__ == config.ConfigError.__module__ == "resilient.config"

@@ -135,3 +135,9 @@ def test_our_sitecustomize_chains_to_the_one_it_hides(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout.split() == ["yes", "True"], done.stderr
+
+
+def test_the_shipped_example_file_is_valid() -> None:
+    """examples/resilient.toml passes ``config check``."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "resilient.toml"
+    assert _run("check", str(example))[0] == 0
