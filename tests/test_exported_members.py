@@ -109,6 +109,9 @@ def test_config_surface_is_pinned() -> None:
         "load",
         "middleware_options",
         "policy",
+        "reload",
         "use",
+        "watch_file",
+        "watch_sighup",
     ]
     assert config.Config.__module__ == config.ConfigError.__module__ == "resilient.config"

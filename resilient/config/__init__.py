@@ -21,8 +21,21 @@ from resilient._engine.policy import Policy
 from resilient.config._current import current, load, use
 from resilient.config._errors import ConfigError
 from resilient.config._model import Config
+from resilient.config._reload import reload, watch_file, watch_sighup
 
-__all__ = ["Config", "ConfigError", "current", "httpx_options", "load", "middleware_options", "policy", "use"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "current",
+    "httpx_options",
+    "load",
+    "middleware_options",
+    "policy",
+    "reload",
+    "use",
+    "watch_file",
+    "watch_sighup",
+]
 
 
 def policy(name: str, /, **code: Any) -> Policy:
