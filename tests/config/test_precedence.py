@@ -168,3 +168,14 @@ def test_the_current_configuration_is_loaded_once_and_replaceable(write: Writer)
     assert config.policy("payments") is config.policy("payments")
     config.use(load(environ={"RESILIENT_POLICIES__PAYMENTS__RETRY__ATTEMPTS": "7"}))
     assert config.policy("payments").retry == Retry(attempts=7)
+
+
+def test_a_named_policy_compiles_to_the_same_layers_as_code(write: Writer) -> None:
+    """A policy from the file is an ordinary `Policy` with the same layers as the one written in code."""
+    write("resilient.toml", "[policies.p]\ntimeout = 5.0\nretry = 3\nbreaker = { failure_threshold = 5 }\n")
+    from resilient import CircuitBreaker  # noqa: PLC0415 - only this test needs it
+
+    named = Policy.named("p")
+    in_code = Policy(name="p", timeout=5.0, retry=3, breaker=CircuitBreaker(name="p"))
+    assert type(named) is Policy
+    assert named.describe() == in_code.describe()
