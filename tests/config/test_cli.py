@@ -82,7 +82,8 @@ def test_run_refuses_to_start_on_a_bad_file(write: Writer) -> None:
 
 def test_a_client_is_never_wrapped_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """The patched ``Client.__init__`` leaves a resilient transport alone, and wraps a plain one once."""
-    monkeypatch.setattr(httpx.Client, "__init__", httpx.Client.__init__)  # restored after the test
+    monkeypatch.setattr(httpx.Client, "__init__", httpx.Client.__init__)  # both restored after the test
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", httpx.AsyncClient.__init__)
     _zero_code._patch_httpx(httpx)
     _zero_code._patch_httpx(httpx)  # a second install is a no-op
     own = ResilientTransport(httpx.MockTransport(lambda request: httpx.Response(200)))
