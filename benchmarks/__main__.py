@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks import cases_core, cases_redis, cases_shared, cases_stack, cases_web, cases_wsgi
+from benchmarks import cases_config, cases_core, cases_redis, cases_shared, cases_stack, cases_web, cases_wsgi
 from benchmarks._harness import FULL, QUICK, Case, Result, Runner, print_progress, select
 from benchmarks._instructions import VALGRIND_MISSING, InstructionRunner, find_valgrind, method, valgrind_version
 from benchmarks._report import build_sections, header_line, method_header_line, render, to_json
@@ -29,6 +29,7 @@ def all_cases() -> list[Case]:
         *cases_redis.cases(),
         *cases_shared.cases(),
         *cases_wsgi.cases(),
+        *cases_config.cases(),
     ]
 
 

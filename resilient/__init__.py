@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from resilient import deadline
 from resilient._engine.policy import Policy, resilient
+from resilient._engine.policy import set_policy_source as _set_policy_source
 from resilient._kernel.context import current_request_id
 from resilient._kernel.errors import (
     BulkheadFullError,
@@ -50,6 +51,16 @@ __all__ = [
     "deadline",
     "resilient",
 ]
+
+
+def _policy_from_config(name: str, **code_options: object) -> Policy:
+    """``resilient("payments")``: the policy the configuration names (loaded on first use)."""
+    from resilient.config._current import current  # noqa: PLC0415 - config loads only when a name is used
+
+    return current().policy(name, **code_options)
+
+
+_set_policy_source(_policy_from_config)
 
 
 def __getattr__(name: str) -> str:

@@ -29,6 +29,6 @@ ALL_ON = {
 
 app.user_middleware.clear()  # the example's own mounting; the stack is built on the first request
 if os.environ.get("RESILIENT_MIDDLEWARE", "on") != "off":
-    app.add_middleware(ResilientMiddleware, **ALL_ON)  # type: ignore[arg-type]
+    app.add_middleware(ResilientMiddleware, **ALL_ON)
 
 __all__ = ["app"]

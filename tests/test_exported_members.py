@@ -117,3 +117,23 @@ def test_current_request_id_reads_the_bound_id() -> None:
         assert resilient.current_request_id() == "req-42"
     finally:
         REQUEST_ID.reset(token)
+
+
+def test_config_surface_is_pinned() -> None:
+    """`resilient.config` exports exactly its documented names, shown under `resilient.config`."""
+    from resilient import config  # noqa: PLC0415 - the public sub-module under test
+
+    assert config.__all__ == [
+        "Config",
+        "ConfigError",
+        "current",
+        "httpx_options",
+        "load",
+        "middleware_options",
+        "policy",
+        "reload",
+        "use",
+        "watch_file",
+        "watch_sighup",
+    ]
+    assert config.Config.__module__ == config.ConfigError.__module__ == "resilient.config"

@@ -32,7 +32,8 @@ RULES: dict[str, frozenset[str]] = {
     "_strategies": frozenset({"_kernel", "instrumentation", "_storage", "deadline", "redaction"}),
     # Composes the strategies; names no integration.
     "_engine": frozenset({"_kernel", "instrumentation", "_strategies"}),
-    "__init__": frozenset({"_kernel", "instrumentation", "_storage", "_strategies", "_engine", "deadline"}),
+    # The surface; it hands the engine the config wing's policy lookup (lazily imported).
+    "__init__": frozenset({"_kernel", "instrumentation", "_storage", "_strategies", "_engine", "deadline", "config"}),
     # The wings: they import the core, never each other.
     "httpx": frozenset({"_kernel", "instrumentation", "_strategies", "_engine", "deadline", "redaction"}),
     "_edge": frozenset({"_kernel", "instrumentation", "_storage", "_strategies", "deadline", "redaction", "logging"}),
@@ -41,7 +42,11 @@ RULES: dict[str, frozenset[str]] = {
     "testing": frozenset({"_kernel", "_strategies", "_engine"}),
     # `python -m resilient demo`: the one place that may import everything.
     "_demo": frozenset({"__init__", "httpx", "instrumentation", "testing"}),
-    "__main__": frozenset({"_demo"}),
+    # Files, environment and zero-code: above the engine and both wings, which never import it.
+    "config": frozenset(
+        {"_kernel", "instrumentation", "_strategies", "_engine", "_edge", "httpx", "asgi", "wsgi", "__init__"}
+    ),
+    "__main__": frozenset({"_demo", "config"}),
 }
 
 #: Inside `_strategies`, a module imports a sibling only along these edges.

@@ -201,6 +201,11 @@ class Policy:
         """Await an async callable once under this policy."""
         return await wrap_async(self._compiled, self.name or _label(fn), fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
+    @classmethod
+    def named(cls, name: str, /, **options: Any) -> Policy:
+        """The policy `name` of the configuration file (see `resilient.config`); `options` are overridden by it."""
+        return _named_policy(name, options)
+
 
 Policy.__module__ = "resilient"
 
@@ -248,6 +253,18 @@ def resilient(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Corouti
 def resilient(fn: Callable[P, T], /) -> Callable[P, T]: ...
 @overload
 def resilient(
+    name: str,
+    /,
+    *,
+    timeout: TimeoutOption = None,
+    retry: RetryOption = None,
+    breaker: BreakerOption = None,
+    rate_limit: RateLimitOption = None,
+    bulkhead: BulkheadOption = None,
+    fallback: object = None,
+) -> Policy: ...
+@overload
+def resilient(
     *,
     name: str | None = None,
     timeout: TimeoutOption = None,
@@ -258,7 +275,7 @@ def resilient(
     fallback: object = None,
 ) -> Policy: ...
 def resilient(
-    fn: Callable[..., Any] | None = None,
+    fn: Callable[..., Any] | str | None = None,
     /,
     *,
     name: str | None = None,
@@ -274,7 +291,10 @@ def resilient(
     Bare ``@resilient`` adds telemetry only (a span, metrics, failure logs): no safeguard
     is switched on implicitly. Each decorated function gets its own policy (its own rate
     limiter, bulkhead and retry budget); breakers are shared by name.
+    ``@resilient("payments")`` takes the policy named in the configuration file instead.
     """
+    if isinstance(fn, str):
+        return _resilient_named(fn, name, timeout, retry, breaker, rate_limit, bulkhead, fallback)
     policy = Policy(
         name=name,
         timeout=timeout,
@@ -285,3 +305,30 @@ def resilient(
         fallback=fallback,
     )
     return policy if fn is None else policy(fn)
+
+
+#: Where a policy name is looked up: the config wing's lookup, handed in by the package's surface
+#: (`resilient/__init__`), so the engine never imports the wing that sits above it.
+_POLICY_SOURCE: list[Callable[..., Policy]] = []
+
+
+def set_policy_source(source: Callable[..., Policy]) -> None:
+    """Name the function that resolves ``resilient("name")``: ``source(name, **code_options)``."""
+    _POLICY_SOURCE[:] = [source]
+
+
+def _named_policy(name: str, options: dict[str, Any]) -> Policy:
+    """Look a policy up in the configuration, through the source the package's surface set."""
+    if not _POLICY_SOURCE:
+        raise LookupError(f"policy {name!r}: no configuration source is set (import resilient first)")
+    return _POLICY_SOURCE[0](name, **options)
+
+
+def _resilient_named(policy_name: str, name: str | None, *layers: object) -> Policy:
+    """``resilient("payments", ...)``: the named policy, the options given being the code's defaults."""
+    if name is not None:
+        raise TypeError(f"resilient({policy_name!r}) names the policy already; drop name={name!r}")
+    keys = ("timeout", "retry", "breaker", "rate_limit", "bulkhead", "fallback")
+    return _named_policy(
+        policy_name, {key: value for key, value in zip(keys, layers, strict=True) if value is not None}
+    )

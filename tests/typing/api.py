@@ -233,3 +233,32 @@ instrumentation.add_listener(listener)
 instrumentation.remove_listener(listener)
 instrumentation.configure(traces=True, metrics=False, logs=None)
 assert_type(rs.__version__, str)
+
+# ---------------------------------------------------------------- configuration
+
+
+def _configuration() -> None:
+    """Named policies and options from a file (a function: the names need a file to run)."""
+    from resilient import config  # noqa: PLC0415 - kept beside its use
+
+    loaded = config.load("resilient.toml", environ={})
+    assert_type(loaded, config.Config)
+    assert_type(loaded.policy_names(), tuple[str, ...])
+    assert_type(Policy.named("payments"), Policy)
+    assert_type(Policy.named("payments", retry=3), Policy)
+    assert_type(resilient("payments"), Policy)
+    assert_type(resilient("payments", timeout=2.0), Policy)
+    assert_type(config.policy("payments"), Policy)
+    assert_type(config.current(), config.Config)
+    assert_type(config.middleware_options(max_in_flight=10), dict[str, Any])
+    assert_type(config.httpx_options("api.example.com", retry=3), dict[str, Any])
+    config.use(loaded)
+    config.use(None)
+    error = config.ConfigError(["resilient.toml: policies.x.retry.attempts must be >= 1, got 0"])
+    assert_type(error.problems, tuple[str, ...])
+
+    @resilient("payments")
+    def charge(order: str) -> int:
+        return len(order)
+
+    assert_type(charge("a"), int)

@@ -1,0 +1,1 @@
+"""Unmodified programs that `resilient run` protects: none of them imports resilient."""
