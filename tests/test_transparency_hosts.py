@@ -418,7 +418,7 @@ def test_starlette_debug_still_raises_but_its_traceback_page_never_reaches_the_c
     assert [word for word in LEAKS if word in response.text] == []
 
 
-# --- found by running Starlette's own suite with the middleware mounted (scripts/host-suites.py) --
+# --- found by running Starlette's own suite with the middleware mounted (scripts/host_suites.py) --
 
 
 def test_the_apps_own_500_handler_answers() -> None:

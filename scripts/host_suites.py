@@ -1,8 +1,8 @@
 """Run host frameworks' own test suites with and without resilient's middleware mounted.
 
-    python scripts/host-suites.py                 # Starlette and Flask
-    python scripts/host-suites.py starlette       # one host
-    python scripts/host-suites.py --keep flask    # keep the temp dir (venv, sdist, reports)
+    python scripts/host_suites.py                 # Starlette and Flask
+    python scripts/host_suites.py starlette       # one host
+    python scripts/host_suites.py --keep flask    # keep the temp dir (venv, sdist, reports)
 
 For each host: the sdist of the version installed here (``pip download --no-binary :all:
 --no-deps``) is unpacked into a temp dir, a throwaway venv gets the host (from that sdist),
@@ -52,7 +52,7 @@ HOSTS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 PLUGIN = '''
-"""Mount resilient's middleware on every app the host's suite builds (see scripts/host-suites.py)."""
+"""Mount resilient's middleware on every app the host's suite builds (see scripts/host_suites.py)."""
 
 import ipaddress
 import os
